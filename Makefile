@@ -1,0 +1,46 @@
+# make help — list the targets. Everything installs itself into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all lint bench demo-data clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install wavenet with its dependencies
+
+demo: $(STAMP) ## train the small model on the bundled piano (CPU, minutes), then sample and evaluate
+	$(BIN)/wavenet-train experiment=demo train.resume=auto
+	$(BIN)/wavenet-sample checkpoint=outputs/demo n_samples=2 seconds=3 temperature=1.0 seed=0 \
+		out_dir=outputs/demo/samples
+	$(BIN)/wavenet-evaluate checkpoint=outputs/demo out=outputs/demo/evaluation.json
+	@echo "demo done: audio and spectrograms in outputs/demo/samples/, TensorBoard logs in outputs/demo/tensorboard/"
+
+test: $(STAMP) ## the default test suite (a few minutes on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP) ## every test, the slow ones too
+	$(BIN)/python -m pytest -q -m ""
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check wavenet scripts tests data
+
+bench: $(STAMP) ## generation and training speed of model=small and model=base (table + JSON)
+	$(BIN)/wavenet-bench out=outputs/bench.json
+
+demo-data: ## regenerate data/demo (needs Debian's fluidsynth, fluid-soundfont-gm, flite, festival)
+	apt-get install -y fluidsynth fluid-soundfont-gm flite festival festvox-kdlpc16k
+	$(BIN)/python -m pip install --quiet mido soxr
+	$(BIN)/python data/make_demo_data.py
+
+clean: ## remove the virtual environment and outputs
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,147 @@
+"""The programs as a user runs them: Hydra configs, checkpoints, resume, sample, evaluate."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from tests.conftest import compose_job, tiny_train_overrides
+from wavenet import checkpoint
+from wavenet.cli import CONFIG_DIR, REPO_ROOT
+from wavenet.config import EvaluateJob, SampleJob, TrainJob
+from wavenet.evaluate import evaluate
+from wavenet.sample import sample
+from wavenet.train import train
+
+CONFIGS = Path(CONFIG_DIR)
+
+
+def run_script(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *overrides],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))
+@pytest.mark.parametrize("data", sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml")))
+def test_every_model_and_data_config_composes(model, data):
+    job = compose_job("train", [f"model={model}", f"data={data}", "data.root=/somewhere"])
+    assert isinstance(job, TrainJob) and job.model.receptive_field > 1
+    if data.startswith("demo"):
+        assert Path(compose_job("train", [f"data={data}"]).data.root).is_dir()
+
+
+@pytest.mark.parametrize("experiment",
+                         sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(experiment):
+    job = compose_job("train", [f"experiment={experiment}", "data.root=/somewhere"])
+    assert job.name == experiment
+
+
+def test_job_configs_compose():
+    assert isinstance(compose_job("sample", ["checkpoint=x.pt"]), SampleJob)
+    assert isinstance(compose_job("evaluate", ["checkpoint=x.pt"]), EvaluateJob)
+    assert compose_job("bench", []).models == ["small", "base"]
+
+
+@pytest.mark.parametrize("override,error", [
+    ("model.layerz=3", ConfigCompositionException),
+    ("train.max_steps=lots", ConfigCompositionException),
+    ("model=huge", ConfigCompositionException),
+])
+def test_bad_overrides_are_rejected(override, error):
+    with pytest.raises(error):
+        compose_job("train", [override, "data.root=/x"])
+
+
+def test_typo_in_a_config_file_is_rejected(tmp_path):
+    from omegaconf import OmegaConf
+
+    from wavenet.model import WaveNetConfig
+
+    with pytest.raises((ConfigKeyError, ValidationError)):
+        OmegaConf.merge(OmegaConf.structured(WaveNetConfig), {"layerz": 3})
+
+
+def test_train_sample_evaluate_from_the_command_line(tone_folder, tmp_path):
+    overrides = tiny_train_overrides(tone_folder, tmp_path) + ["name=cli"]
+    done = run_script("train", *overrides, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "receptive field 16 samples" in done.stdout and "parameters" in done.stdout
+    ckpt = tmp_path / "outputs" / "cli" / "checkpoints" / "step-00000004.pt"
+    assert ckpt.is_file() and (tmp_path / "outputs/cli/checkpoints/best.pt").is_file()
+    assert list((tmp_path / "outputs/cli/tensorboard").glob("events.*"))
+
+    again = run_script("train", *overrides, cwd=tmp_path)  # would overwrite: refused, one line
+    assert again.returncode == 1 and "train.resume=auto" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    done = run_script("sample", "checkpoint=outputs/cli", "n_samples=2", "seconds=0.25",
+                      "temperature=0.9", "seed=0", "out_dir=gen", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for i in range(2):
+        audio, rate = sf.read(tmp_path / "gen" / f"sample_{i:02d}.wav")
+        assert rate == 8000 and len(audio) == 2000
+        assert sf.info(tmp_path / "gen" / f"sample_{i:02d}.wav").subtype == "PCM_16"
+        assert (tmp_path / "gen" / f"sample_{i:02d}.png").stat().st_size > 1000
+
+    done = run_script("evaluate", f"checkpoint={ckpt}", f"data.root={tone_folder}", "split=all",
+                      "out=eval.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "bits/sample" in done.stdout
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert 0 < result["bits_per_sample"] < 12 and result["files"] == 4
+
+
+def test_resume_continues_exactly(tone_folder, tmp_path):
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=6)
+    whole = train(compose_job("train", base), tmp_path / "whole")
+    train(compose_job("train", base + ["train.stop_at=4"]), tmp_path / "split")
+    assert checkpoint.step_checkpoints(tmp_path / "split" / "checkpoints")[-1].name \
+        == "step-00000004.pt"
+    resumed = train(compose_job("train", base + ["train.resume=auto"]), tmp_path / "split")
+    a, b = checkpoint.load(whole), checkpoint.load(resumed)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), (key, name)
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_resume_refuses_a_different_model(tone_folder, tmp_path):
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=2)
+    train(compose_job("train", base), tmp_path / "run")
+    bigger = compose_job("train", base + ["train.resume=auto", "train.max_steps=4",
+                                          "model.residual_channels=12"])
+    with pytest.raises(checkpoint.CheckpointError, match="different config"):
+        train(bigger, tmp_path / "run")
+
+
+def test_sample_with_prime_continues_the_recording(tone_folder, tmp_path):
+    ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path)), tmp_path / "r")
+    job = compose_job("sample", [f"checkpoint={ckpt}", "seconds=0.1",
+                                 f"prime={tone_folder / 'tone_0.wav'}", "prime_seconds=0.2",
+                                 "progress=false"])
+    (path,) = sample(job, tmp_path / "out")
+    audio, rate = sf.read(path)
+    assert rate == 8000 and len(audio) == 1600 + 800
+
+
+def test_evaluate_uses_the_checkpoint_split_by_default(tone_folder, tmp_path, capsys):
+    ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path)), tmp_path / "r")
+    result = evaluate(compose_job("evaluate", [f"checkpoint={ckpt}"]), tmp_path / "ev")
+    assert result["files"] == 1 and result["split"] == "valid"
+    assert "bits/sample" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["step"] == 4
+
+
+def test_broken_checkpoint_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    done = run_script("sample", f"checkpoint={bad}", cwd=tmp_path)
+    assert done.returncode == 1 and "bad.pt" in done.stderr and "Traceback" not in done.stderr

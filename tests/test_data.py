@@ -1,0 +1,114 @@
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+import wavenet.data as data_mod
+from wavenet.audio import AudioConfig, AudioError, mu_law_encode
+from wavenet.data import CropDataset, StepSampler, open_cache, split_files
+
+AUDIO = AudioConfig(sample_rate=8000, trim_db=None, normalize=None)
+
+
+def write_constant_files(folder, lengths):
+    """File i holds the constant value levels[i]: any crop tells which file it came from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    levels = np.linspace(-0.8, 0.8, len(lengths))
+    for i, (n, level) in enumerate(zip(lengths, levels, strict=True)):
+        sf.write(folder / f"f{i}.wav",
+                 np.full(n, level, np.float32), 8000, subtype="FLOAT")
+    return levels
+
+
+def test_crops_never_cross_file_boundaries(tmp_path):
+    lengths = [300, 1000, 120, 2000, 450]
+    levels = write_constant_files(tmp_path / "a", lengths)
+    cache = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    crop = 150
+    ds = CropDataset(cache, list(range(len(lengths))), crop, seed=0, quantization_channels=256)
+    assert sorted(cache.files[i].path for i in ds.file_ids) == ["f0.wav", "f1.wav", "f3.wav",
+                                                                "f4.wav"]  # f2 is too short
+    codes = {int(mu_law_encode(np.float32(v))) for v in levels}
+    seen_files = set()
+    for i in range(2000):
+        x = ds[i]
+        assert x.shape == (crop,)
+        assert len(set(x.tolist())) == 1 and x[0].item() in codes  # one file's constant only
+        file_id, start = ds.locate(i)
+        assert 0 <= start and start + crop <= cache.files[file_id].length
+        seen_files.add(file_id)
+    assert seen_files == set(ds.file_ids)
+    assert torch.equal(ds[17], ds[17])  # a crop is a pure function of its index
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
+    write_constant_files(tmp_path / "a", [500, 600])
+    calls = []
+    real = data_mod.load_for_training
+    monkeypatch.setattr(data_mod, "load_for_training",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    first = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    assert len(calls) == 2
+    again = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    assert len(calls) == 2  # nothing decoded again
+    assert np.array_equal(first.audio(1), again.audio(1))
+
+    sf.write(tmp_path / "a" / "f1.wav", np.full(900, 0.25, np.float32), 8000, subtype="FLOAT")
+    st = os.stat(tmp_path / "a" / "f1.wav")
+    os.utime(tmp_path / "a" / "f1.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    rebuilt = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    assert len(calls) == 4
+    assert rebuilt.files[1].length == 900 and np.allclose(rebuilt.audio(1), 0.25, atol=1e-4)
+    assert len(list(rebuilt.directory.glob("samples-*.i16"))) == 1  # the stale file is gone
+
+    other = open_cache(tmp_path / "a", AudioConfig(sample_rate=4000, trim_db=None,
+                                                   normalize=None), tmp_path / "cache")
+    assert other.files[1].length == 450  # other preprocessing: its own cache
+
+
+def test_undecodable_files_are_skipped_with_the_rest_kept(tmp_path, caplog):
+    write_constant_files(tmp_path / "a", [500, 600])
+    (tmp_path / "a" / "broken.wav").write_bytes(b"RIFF nonsense")
+    (tmp_path / "a" / "empty.flac").write_bytes(b"")
+    cache = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    assert [f.path for f in cache.files] == ["f0.wav", "f1.wav"]
+    assert "broken.wav" in caplog.text
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(AudioError, match="does not exist"):
+        open_cache(tmp_path / "nope", AUDIO, tmp_path / "cache")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hi")
+    with pytest.raises(AudioError, match="no audio files"):
+        open_cache(tmp_path / "empty", AUDIO, tmp_path / "cache")
+
+
+def test_split_is_deterministic_by_file_and_never_empty(tmp_path):
+    write_constant_files(tmp_path / "a", [200] * 30)
+    cache = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    train, valid = split_files(cache, 0.2)
+    assert (train, valid) == split_files(cache, 0.2)
+    assert set(train).isdisjoint(valid) and len(train) + len(valid) == 30
+    assert 1 <= len(valid) <= 15
+    write_constant_files(tmp_path / "b", [200, 200])
+    two = open_cache(tmp_path / "b", AUDIO, tmp_path / "cache")
+    assert [len(s) for s in split_files(two, 0.01)] == [1, 1]
+
+
+def test_loader_batches_do_not_depend_on_workers_or_restarts(tmp_path):
+    write_constant_files(tmp_path / "a", [800, 900, 1000])
+    cache = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    ds = CropDataset(cache, [0, 1, 2], 100, seed=3, quantization_channels=256)
+
+    def batches(first_step, workers):
+        loader = DataLoader(ds, batch_size=4, sampler=StepSampler(first_step * 4, 12),
+                            num_workers=workers)
+        return list(loader)
+
+    whole = batches(0, 0)
+    assert all(torch.equal(a, b) for a, b in zip(whole, batches(0, 2), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(whole[1:], batches(1, 0)[:2], strict=True))

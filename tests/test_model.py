@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from wavenet.errors import UserError
+from wavenet.model import WaveNet, WaveNetConfig
+
+
+def tiny(kernel_size=2, **kw) -> WaveNet:
+    torch.manual_seed(0)
+    cfg = WaveNetConfig(layers_per_cycle=3, cycles=2, kernel_size=kernel_size,
+                        residual_channels=6, gate_channels=5, skip_channels=7,
+                        quantization_channels=16, **kw)
+    return WaveNet(cfg).double()
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_causal_and_receptive_field_matches_formula(kernel_size):
+    """The prediction of sample t (output column t-1) depends exactly on samples t-RF .. t-1."""
+    model = tiny(kernel_size)
+    rf = model.receptive_field
+    assert rf == (kernel_size - 1) * 2 * (1 + 2 + 4) + 1
+    T = 3 * rf
+    # Gradients w.r.t. a continuous input: feed the embedding output directly.
+    emb = model.embed_classes(torch.randint(0, 16, (1, T))).detach().requires_grad_(True)
+    h, skip = emb, 0
+    for layer in model.layers:
+        h, s = layer(h)
+        skip = skip + s
+    logits = model.head(skip)
+    out = T - rf + 5  # column predicting sample out + 1
+    logits[0, :, out].sum().backward()
+    touched = emb.grad[0].abs().sum(dim=0).nonzero().flatten()
+    assert touched.max().item() == out  # nothing at or after the predicted sample
+    assert touched.min().item() == out - rf + 1
+    assert len(touched) == rf  # every sample in the window matters
+
+
+def test_forward_shapes_and_parameters():
+    model = tiny()
+    x = torch.randint(0, 16, (3, 50))
+    assert model(x).shape == (3, 16, 50)
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+
+
+def test_base_config_is_the_paper_model():
+    cfg = WaveNetConfig()
+    assert cfg.dilations == [2**i for i in range(10)] * 3
+    assert cfg.receptive_field == 3070
+
+
+@pytest.mark.parametrize("bad", [{"kernel_size": 4}, {"cycles": 0}, {"quantization_channels": 1}])
+def test_bad_config_is_rejected(bad):
+    with pytest.raises(UserError, match="model."):
+        WaveNetConfig(**bad)

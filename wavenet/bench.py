@@ -1,0 +1,138 @@
+"""Speed measurements: fast vs naive generation and training throughput, per model config."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from wavenet.config import BenchJob
+from wavenet.distributions import sample_categorical
+from wavenet.generate import FastStepper, IncrementalState, silence_class
+from wavenet.model import WaveNet, WaveNetConfig
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+@torch.no_grad()
+def fast_rate(model: WaveNet, batch: int, seconds: float) -> float:
+    """Samples/s (all streams together) of the incremental path in steady state."""
+    state = IncrementalState.zeros(model, batch)
+    stepper = FastStepper(model)
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((batch,), silence_class(model), dtype=torch.long)
+    for _ in range(20):  # warm-up: first calls allocate and pick kernels
+        x = sample_categorical(stepper.step(state, x), 1.0, g)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            x = sample_categorical(stepper.step(state, x), 1.0, g)
+        steps += 50
+    return steps * batch / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def naive_rate(model: WaveNet, batch: int, steps: int) -> float:
+    """Samples/s of the reference path: a forward over one receptive field per sample."""
+    g = torch.Generator().manual_seed(0)
+    window = torch.full((batch, model.receptive_field), silence_class(model), dtype=torch.long)
+    model(window)
+    start = time.perf_counter()
+    for _ in range(steps):
+        x = sample_categorical(model(window)[:, :, -1], 1.0, g)
+        window = torch.cat([window[:, 1:], x[:, None]], dim=1)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def train_rate(cfg: WaveNetConfig, batch: int, crop: int, steps: int) -> float:
+    """Predicted samples/s of full training steps (forward, backward, Adam) on random crops."""
+    torch.manual_seed(0)
+    model = WaveNet(cfg).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    rf = model.receptive_field
+    x = torch.randint(0, cfg.quantization_channels, (batch, rf + crop))
+
+    def step():
+        loss = F.cross_entropy(model(x[:, :-1])[:, :, rf - 1:], x[:, rf:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch * crop / (time.perf_counter() - start)
+
+
+def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dict:
+    """Measure every model; print a Markdown table and write JSON."""
+    threads_default = torch.get_num_threads()
+    results = []
+    for name, cfg in models.items():
+        torch.manual_seed(0)
+        model = WaveNet(cfg).eval()
+        row = {"model": name, "parameters": model.num_parameters(),
+               "receptive_field": model.receptive_field, "generation": []}
+        for batch in job.batch_sizes:
+            threads = 1 if batch == 1 else threads_default
+            torch.set_num_threads(threads)
+            fast = fast_rate(model, batch, job.fast_seconds)
+            naive = naive_rate(model, batch, job.naive_steps)
+            row["generation"].append({"batch": batch, "threads": threads, "fast": fast,
+                                      "naive": naive, "speedup": fast / naive})
+            print(f"{name} batch {batch} ({threads} thread(s)): fast {fast:,.0f} samples/s, "
+                  f"naive {naive:,.1f} samples/s ({fast / naive:,.0f}x)", flush=True)
+        torch.set_num_threads(threads_default)
+        row["train_samples_per_s"] = train_rate(cfg, job.train_batch_size, 4000, job.train_steps)
+        row["train_threads"] = threads_default
+        print(f"{name} training: {row['train_samples_per_s']:,.0f} samples/s", flush=True)
+        results.append(row)
+    report = {"machine": machine_info(), "job": asdict(job), "results": results}
+    print()
+    print(format_table(report))
+    out = Path(job.out) if job.out else out_dir / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {out}")
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The results as a Markdown table, plus the machine line."""
+    lines = ["| model | params | receptive field | batch | threads | fast samples/s "
+             "| naive samples/s | speed-up | train samples/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["results"]:
+        for g in row["generation"]:
+            lines.append(
+                f"| {row['model']} | {row['parameters']:,} | {row['receptive_field']} "
+                f"| {g['batch']} | {g['threads']} | {g['fast']:,.0f} | {g['naive']:,.1f} "
+                f"| {g['speedup']:,.0f}x | {row['train_samples_per_s']:,.0f} |")
+    m = report["machine"]
+    lines.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}; "
+                 f"torch {m['torch']}, Python {m['python']}.")
+    return "\n".join(lines)

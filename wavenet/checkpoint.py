@@ -1,0 +1,104 @@
+"""One self-describing checkpoint file: config, weights, optimizer, EMA, step, RNG states.
+
+Files are written atomically (temporary file, fsync, rename), so a crash or Ctrl-C never leaves
+a half-written checkpoint under a checkpoint's name. They load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from wavenet.audio import AudioConfig
+from wavenet.config import TrainConfig, TrainJob
+from wavenet.data import DataConfig
+from wavenet.errors import UserError
+from wavenet.model import WaveNet, WaveNetConfig
+
+FORMAT = "wavenet-checkpoint-v1"
+STEP_FILE = re.compile(r"step-(\d+)\.pt$")
+
+
+class CheckpointError(UserError):
+    """A file that is not a usable checkpoint; the message names it."""
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Load and sanity-check a checkpoint file (no code runs from it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, pickle with code, not a torch file at all
+        raise CheckpointError(f"{path} is not a readable wavenet checkpoint "
+                              f"({err.__class__.__name__}); pick another file from the run's "
+                              "checkpoints/ folder") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a wavenet checkpoint (format {FORMAT} expected)")
+    return ckpt
+
+
+def job_from_dict(d: dict) -> TrainJob:
+    """Rebuild the TrainJob dataclass stored in a checkpoint."""
+    data = dict(d["data"])
+    data["audio"] = AudioConfig(**data["audio"])
+    return TrainJob(name=d["name"], model=WaveNetConfig(**d["model"]), data=DataConfig(**data),
+                    train=TrainConfig(**d["train"]))
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """step-*.pt files in `folder`, oldest step first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt")
+             if (m := STEP_FILE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder -> its best.pt, else its newest step checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        if (folder / "best.pt").is_file():
+            return folder / "best.pt"
+        steps = step_checkpoints(folder)
+        if not steps:
+            raise CheckpointError(f"no checkpoint (best.pt or step-*.pt) in {folder}")
+        return steps[-1]
+    return path
+
+
+def load_model(path: str | Path, use_ema: bool = True, device="cpu") -> tuple[WaveNet, dict]:
+    """Build the model stored in a checkpoint, with its EMA weights when asked and present.
+
+    Returns:
+        (model in eval mode, the checkpoint dict).
+    """
+    ckpt = load(resolve(path))
+    model = WaveNet(WaveNetConfig(**ckpt["config"]["model"]))
+    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    model.load_state_dict(weights)
+    return model.to(device).eval(), ckpt

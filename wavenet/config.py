@@ -1,0 +1,174 @@
+"""Job configurations: plain dataclasses that the Hydra layer fills and validates.
+
+Nothing here imports Hydra or OmegaConf; `wavenet.cli` registers these as structured configs, so
+an unknown key or a wrong type is rejected with Hydra's own message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wavenet.data import DataConfig
+from wavenet.model import WaveNetConfig
+
+
+@dataclass
+class TrainConfig:
+    """Optimization, logging and checkpointing.
+
+    Attributes:
+        max_steps: optimizer steps in all (a resumed run continues up to this).
+        batch_size: crops per step.
+        lr: peak learning rate (Adam).
+        final_lr: learning rate reached at max_steps by cosine decay; None keeps lr constant.
+        warmup_steps: linear warm-up from 0 to lr.
+        betas: Adam's (beta1, beta2).
+        weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
+        grad_clip: clip the global gradient norm to this; None does not clip.
+        ema_decay: decay of the exponential moving average of weights; None turns EMA off.
+        log_every: steps between logged training scalars.
+        eval_every: steps between held-out evaluations (and best-checkpoint updates).
+        eval_max_seconds: held-out audio scored per evaluation; None scores all of it.
+        sample_every: steps between audio snippets in TensorBoard; None turns them off.
+        sample_seconds: length of those snippets.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        keep_last: step checkpoints kept besides best.pt.
+        resume: "auto" continues from the newest checkpoint in the run folder (or starts fresh
+            if there is none); a path continues from that checkpoint; None starts fresh and
+            refuses to overwrite a run folder that holds checkpoints.
+        stop_at: stop (with a checkpoint) at this step without changing the schedule, to split a
+            run into jobs under a cluster's time limit; resume with train.resume=auto.
+        seed: seeds initialization and the crop sequence.
+        device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
+        precision: "fp32" or "bf16" (autocast; for GPUs).
+        compile: torch.compile the model for training (for GPUs).
+        threads: CPU threads for PyTorch; None keeps its default.
+        progress: show a progress bar.
+    """
+
+    max_steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    final_lr: float | None = 1e-5
+    warmup_steps: int = 200
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+    log_every: int = 50
+    eval_every: int = 500
+    eval_max_seconds: float | None = 20.0
+    sample_every: int | None = 1000
+    sample_seconds: float = 1.0
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    resume: str | None = None
+    stop_at: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainJob:
+    """Everything `train` needs; stored whole in every checkpoint.
+
+    Attributes:
+        name: run name; the run folder is outputs/<name>.
+    """
+
+    name: str = "wavenet"
+    model: WaveNetConfig = field(default_factory=WaveNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class SampleJob:
+    """Generation from a checkpoint.
+
+    Attributes:
+        checkpoint: a checkpoint file, or a run folder (its best.pt, else its newest checkpoint).
+        n_samples: streams generated together as one batch; one WAV and PNG each.
+        seconds: length of each stream's new audio.
+        temperature: softmax temperature; 0 is greedy, below 1 is more conservative.
+        seed: seeds the draws; the same seed gives the same audio.
+        prime: an audio file to continue (resampled and normalized like the training data).
+        prime_seconds: use only the last this-many seconds of the prime; None uses all of it.
+        include_prime: write the prime before the continuation in each WAV.
+        use_ema: use the EMA weights when the checkpoint has them.
+        method: "fast" (incremental, O(layers) per sample) or "naive" (full forward per sample).
+        out_dir: where files go; None uses the Hydra run folder.
+        device, threads, progress: as in training.
+    """
+
+    checkpoint: str = "???"
+    n_samples: int = 1
+    seconds: float = 2.0
+    temperature: float = 1.0
+    seed: int = 0
+    prime: str | None = None
+    prime_seconds: float | None = None
+    include_prime: bool = True
+    use_ema: bool = True
+    method: str = "fast"
+    out_dir: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class EvalData:
+    """Which audio `evaluate` scores; None takes the value the checkpoint was trained with."""
+
+    root: str | None = None
+    valid_root: str | None = None
+    valid_fraction: float | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class EvaluateJob:
+    """Held-out likelihood of a checkpoint.
+
+    Attributes:
+        split: "valid" (the held-out files), "train" or "all".
+        max_seconds: score at most this much audio; None scores all of it.
+        out: JSON file for the results; None writes evaluation.json in the Hydra run folder.
+    """
+
+    checkpoint: str = "???"
+    data: EvalData = field(default_factory=EvalData)
+    split: str = "valid"
+    max_seconds: float | None = None
+    use_ema: bool = True
+    out: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class BenchJob:
+    """Speed measurements.
+
+    Attributes:
+        models: names of configs/model/*.yaml to measure.
+        batch_sizes: generation batch sizes.
+        fast_seconds: wall time spent timing each fast-generation case.
+        naive_steps: samples timed for the naive path (it is slow).
+        train_steps: training steps timed.
+        train_batch_size: crops per timed training step.
+        out: JSON file; None writes bench.json in the Hydra run folder.
+    """
+
+    models: list[str] = field(default_factory=lambda: ["small", "base"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
+    fast_seconds: float = 3.0
+    naive_steps: int = 5
+    train_steps: int = 5
+    train_batch_size: int = 8
+    out: str | None = None

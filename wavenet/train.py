@@ -1,0 +1,321 @@
+"""Training: `train(job, run_dir) -> checkpoint path`, a plain function the CLI wraps."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
+
+from wavenet import checkpoint
+from wavenet.audio import AudioError, mu_law_decode
+from wavenet.config import TrainConfig, TrainJob
+from wavenet.data import CropDataset, StepSampler, open_cache, split_files
+from wavenet.errors import UserError
+from wavenet.evaluate import heldout_nll
+from wavenet.generate import generate
+from wavenet.model import WaveNet
+from wavenet.runtime import resolve_device, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to final_lr / lr at max_steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.final_lr is None:
+        return 1.0
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.final_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ema_update_fn(decay: float):
+    """EMA whose decay ramps up as (1+n)/(10+n): early averages don't drag in the random init."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged):
+        d = min(decay, (1 + int(n_averaged)) / (10 + int(n_averaged)))
+        torch._foreach_lerp_(averaged, current, 1 - d)
+
+    return update
+
+
+class StopRequest:
+    """Turns the first Ctrl-C / SIGTERM into a flag the loop checks between steps.
+
+    The loop then writes a checkpoint and returns; a second signal interrupts at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing this step and writing a checkpoint "
+                    "(press Ctrl-C again to abort now)")
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Holds the model, optimizer, EMA, data and bookkeeping of one training run."""
+
+    def __init__(self, job: TrainJob, run_dir: Path):
+        self.job, self.cfg = job, job.train
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        set_threads(self.cfg.threads)
+        self.device = resolve_device(self.cfg.device)
+        if self.cfg.precision not in ("fp32", "bf16"):
+            raise UserError(f"train.precision={self.cfg.precision!r}: use fp32 or bf16")
+
+        torch.manual_seed(self.cfg.seed)
+        self.model = WaveNet(job.model).to(self.device)
+        self.rf = self.model.receptive_field
+        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+        opt_cls = torch.optim.AdamW if self.cfg.weight_decay else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.lr,
+                                 betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.cfg))
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update_fn(self.cfg.ema_decay),
+                                  use_buffers=True)
+                    if self.cfg.ema_decay is not None else None)
+        self.step = 0
+        self.best_bits = math.inf
+        self._open_data()
+
+    # ----------------------------------------------------------------------------------- data
+    def _open_data(self) -> None:
+        data = self.job.data
+        if data.root in (None, "", "???"):
+            raise AudioError("data.root is not set: pass data.root=/path/to/audio "
+                             "(or data=demo_piano for the bundled demo)")
+        crop = self.rf + data.crop_samples
+        self.sample_rate = data.audio.sample_rate
+        train_cache = open_cache(data.root, data.audio, data.cache_dir, self.rf)
+        if data.valid_root is not None:
+            self.valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, self.rf)
+            train_ids, self.valid_ids = list(range(len(train_cache.files))), list(
+                range(len(self.valid_cache.files)))
+        else:
+            self.valid_cache = train_cache
+            train_ids, self.valid_ids = split_files(train_cache, data.valid_fraction)
+        self.dataset = CropDataset(train_cache, train_ids, crop, self.cfg.seed,
+                                   self.job.model.quantization_channels)
+        log.info("data: %d training files, %d held-out files, crops of %d samples",
+                 len(self.dataset.file_ids), len(self.valid_ids), crop)
+
+    def _loader(self) -> DataLoader:
+        remaining = (self.cfg.max_steps - self.step) * self.cfg.batch_size
+        workers = self.job.data.num_workers
+        return DataLoader(self.dataset, batch_size=self.cfg.batch_size,
+                          sampler=StepSampler(self.step * self.cfg.batch_size, remaining),
+                          num_workers=workers, persistent_workers=False,
+                          pin_memory=self.device.type == "cuda", drop_last=True,
+                          prefetch_factor=4 if workers else None)
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "format": checkpoint.FORMAT,
+            "config": asdict(self.job),
+            "step": self.step,
+            "sample_rate": self.sample_rate,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_bits": float(self.best_bits),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def step_path(self) -> Path:
+        return self.ckpt_dir / f"step-{self.step:08d}.pt"
+
+    def save(self) -> Path:
+        path = self.step_path()
+        checkpoint.save_atomic(self.state(), path)
+        for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last or None]:
+            old.unlink()
+        return path
+
+    def restore(self, path: Path) -> None:
+        ckpt = checkpoint.load(path, map_location=self.device)
+        stored = ckpt["config"]["model"]
+        if stored != asdict(self.job.model):
+            diff = {k: (stored.get(k), v) for k, v in asdict(self.job.model).items()
+                    if stored.get(k) != v}
+            raise checkpoint.CheckpointError(
+                f"{path} holds a model with a different config (checkpoint vs requested: {diff}); "
+                "resume with the same model=… or start a new run with another name=…")
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = ckpt["step"]
+        self.best_bits = ckpt.get("best_bits", math.inf)
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def resume_or_start(self) -> None:
+        existing = checkpoint.step_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
+        resume = self.cfg.resume
+        if resume is None:
+            if existing:
+                raise checkpoint.CheckpointError(
+                    f"{self.run_dir} already holds checkpoints of an earlier run: pass "
+                    "train.resume=auto to continue it, or name=<new name> to start another")
+            return
+        if resume == "auto":
+            if existing:
+                self.restore(existing[-1])
+            else:
+                log.info("train.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
+            return
+        self.restore(checkpoint.resolve(resume))
+
+    # ------------------------------------------------------------------------------- training
+    def eval_model(self) -> WaveNet:
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_step(self, batch: torch.Tensor) -> tuple[float, float]:
+        """One optimizer step on a (B, RF + N) batch of classes. Returns (loss nats, grad norm)."""
+        x = batch.to(self.device, non_blocking=True)
+        self.model.train()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=self.cfg.precision == "bf16")
+        with autocast:
+            # Column t predicts sample t+1; only columns with a full receptive field are scored.
+            logits = self.forward(x[:, :-1])[:, :, self.rf - 1:]
+        loss = F.cross_entropy(logits.float(), x[:, self.rf:])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.item(), float(grad_norm)
+
+    def evaluate(self, writer) -> float:
+        cfg = self.cfg
+        max_samples = (None if cfg.eval_max_seconds is None
+                       else int(cfg.eval_max_seconds * self.sample_rate))
+        result = heldout_nll(self.eval_model(), self.valid_cache, self.valid_ids, max_samples)
+        bits = result["bits_per_sample"]
+        writer.add_scalar("valid/bits_per_sample", bits, self.step)
+        writer.add_scalar("valid/entropy_bits", result["entropy_bits"], self.step)
+        log.info("step %d: held-out %.3f bits/sample (mu-law histogram entropy %.3f)",
+                 self.step, bits, result["entropy_bits"])
+        if bits < self.best_bits:
+            self.best_bits = bits
+            checkpoint.save_atomic(self.state(), self.ckpt_dir / "best.pt")
+        return bits
+
+    def log_audio(self, writer) -> None:
+        from wavenet.plots import spectrogram_figure
+
+        length = int(self.cfg.sample_seconds * self.sample_rate)
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
+        classes = generate(self.eval_model(), length, generator=g)
+        audio = mu_law_decode(classes[0].cpu(), self.job.model.quantization_channels).numpy()
+        writer.add_audio("sample/audio", audio[None], self.step, sample_rate=self.sample_rate)
+        writer.add_figure("sample/spectrogram", spectrogram_figure(audio, self.sample_rate),
+                          self.step)
+
+    def fit(self) -> Path:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.resume_or_start()
+        n_params = self.model.num_parameters()
+        rf_ms = 1000.0 * self.rf / self.sample_rate
+        print(f"model: {n_params:,} parameters, receptive field {self.rf} samples "
+              f"({rf_ms:.1f} ms at {self.sample_rate} Hz); device {self.device}; "
+              f"run folder {self.run_dir}")
+        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+        crop_pred = self.dataset.crop_length - self.rf
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress,
+                   unit="step", dynamic_ncols=True)
+        last_saved = None
+        tick, samples_since = time.perf_counter(), 0
+        try:
+            with StopRequest() as stop:
+                for batch in self._loader():
+                    loss, grad_norm = self.train_step(batch)
+                    self.step += 1
+                    samples_since += batch.shape[0] * crop_pred
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"loss became {loss} at step {self.step}; lower "
+                                                 "train.lr or set train.grad_clip")
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        rate = samples_since / (time.perf_counter() - tick)
+                        tick, samples_since = time.perf_counter(), 0
+                        bits = loss / math.log(2)
+                        writer.add_scalar("train/loss", loss, self.step)
+                        writer.add_scalar("train/bits_per_sample", bits, self.step)
+                        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                        writer.add_scalar("train/grad_norm", grad_norm, self.step)
+                        writer.add_scalar("train/samples_per_s", rate, self.step)
+                        bar.set_postfix(loss=f"{loss:.3f}", bits=f"{bits:.2f}",
+                                        samples_s=f"{rate:,.0f}")
+                        if not cfg.progress:
+                            log.info("step %d: loss %.4f (%.3f bits/sample), %.0f samples/s",
+                                     self.step, loss, bits, rate)
+                    bar.update(1)
+                    if self.valid_ids and (self.step % cfg.eval_every == 0
+                                           or self.step == cfg.max_steps):
+                        self.evaluate(writer)
+                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.log_audio(writer)
+                    if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.max_steps,
+                                                                              cfg.stop_at):
+                        last_saved = self.save()
+                    if stop.requested or (cfg.stop_at is not None and self.step >= cfg.stop_at):
+                        break
+        finally:
+            bar.close()
+            writer.close()
+        if last_saved is None or last_saved != self.step_path():
+            last_saved = self.save()
+        print(f"checkpoint: {last_saved} (step {self.step}"
+              + (f", best held-out {self.best_bits:.3f} bits/sample" if np.isfinite(self.best_bits)
+                 else "") + ")")
+        return last_saved
+
+
+def train(job: TrainJob, run_dir: str | Path) -> Path:
+    """Train (or resume) and return the path of the final checkpoint."""
+    return Trainer(job, Path(run_dir)).fit()
