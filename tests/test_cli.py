@@ -112,6 +112,10 @@ def test_resume_continues_exactly(tone_folder, tmp_path):
             assert torch.equal(tensor, b[key][name]), (key, name)
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
 
+    written = resumed.stat().st_mtime_ns  # a finished run resumed again changes nothing
+    assert train(compose_job("train", base + ["train.resume=auto"]), tmp_path / "split") == resumed
+    assert resumed.stat().st_mtime_ns == written
+
 
 def test_resume_refuses_a_different_model(tone_folder, tmp_path):
     base = tiny_train_overrides(tone_folder, tmp_path, steps=2)
@@ -145,3 +149,14 @@ def test_broken_checkpoint_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"garbage")
     done = run_script("sample", f"checkpoint={bad}", cwd=tmp_path)
     assert done.returncode == 1 and "bad.pt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_multirun_sweep_trains_each_point(tone_folder, tmp_path):
+    overrides = tiny_train_overrides(tone_folder, tmp_path, steps=2) + ["name=sweep",
+                                                                        "train.lr=0.001,0.002"]
+    done = run_script("train", "-m", *overrides, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = sorted((tmp_path / "multirun" / "sweep").glob("*/*/checkpoints/step-00000002.pt"))
+    assert len(runs) == 2
+    lrs = {checkpoint.load(p)["config"]["train"]["lr"] for p in runs}
+    assert lrs == {0.001, 0.002}

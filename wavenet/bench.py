@@ -107,7 +107,8 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dic
             print(f"{name} batch {batch} ({threads} thread(s)): fast {fast:,.0f} samples/s, "
                   f"naive {naive:,.1f} samples/s ({fast / naive:,.0f}x)", flush=True)
         torch.set_num_threads(threads_default)
-        row["train_samples_per_s"] = train_rate(cfg, job.train_batch_size, 4000, job.train_steps)
+        row["train_samples_per_s"] = train_rate(cfg, job.train_batch_size, job.train_crop,
+                                               job.train_steps)
         row["train_threads"] = threads_default
         print(f"{name} training: {row['train_samples_per_s']:,.0f} samples/s", flush=True)
         results.append(row)

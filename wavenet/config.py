@@ -162,6 +162,7 @@ class BenchJob:
         naive_steps: samples timed for the naive path (it is slow).
         train_steps: training steps timed.
         train_batch_size: crops per timed training step.
+        train_crop: predicted samples per crop in the timed training steps.
         out: JSON file; None writes bench.json in the Hydra run folder.
     """
 
@@ -169,6 +170,7 @@ class BenchJob:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
     fast_seconds: float = 3.0
     naive_steps: int = 5
-    train_steps: int = 5
-    train_batch_size: int = 8
+    train_steps: int = 3
+    train_batch_size: int = 4
+    train_crop: int = 2000
     out: str | None = None

@@ -26,6 +26,7 @@ from wavenet.audio import (
     load_for_training,
     mu_law_encode,
 )
+from wavenet.runtime import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,6 @@ def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path |
 
 def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, directory: Path,
                  min_length: int) -> AudioCache:
-    from tqdm import tqdm
-
     directory.mkdir(parents=True, exist_ok=True)
     # A new samples file per build, named by its content's fingerprint, then the index swapped in
     # atomically: a crash mid-build leaves the previous cache usable.
@@ -172,7 +171,8 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
     skipped: list[str] = []
     offset = 0
     with open(tmp, "wb") as out:
-        for f in tqdm(scanned, desc=f"preprocessing {root.name}", unit="file", leave=False):
+        for f in progress_bar(iterable=scanned, desc=f"preprocessing {root.name}", unit="file",
+                              leave=False):
             try:
                 audio = load_for_training(root / f.path, audio_cfg, min_keep=min_length)
             except AudioError as err:
@@ -281,7 +281,7 @@ class StepSampler(torch.utils.data.Sampler):
     """Crop numbers first, first+1, …: a batch's crops depend only on the step number."""
 
     def __init__(self, first: int, count: int):
-        self.first, self.count = first, count
+        self.first, self.count = first, max(0, count)
 
     def __iter__(self):
         return iter(range(self.first, self.first + self.count))

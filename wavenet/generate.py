@@ -172,6 +172,7 @@ def generate_naive(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ):
     """Reference path: a full forward pass over the last receptive field for every sample.
 
@@ -191,7 +192,7 @@ def generate_naive(
         return model(window)[:, :, -1]
 
     return _sample_loop(step, context[:, -1], length, temperature, generator, return_logits,
-                        None)
+                        on_progress)
 
 
 def _sample_loop(step, last, length, temperature, generator, return_logits, on_progress):

@@ -21,3 +21,14 @@ def resolve_device(name: str) -> torch.device:
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar; redrawn at most every 30 s when stderr is a log file rather than a terminal."""
+    import sys
+
+    from tqdm import tqdm
+
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 30.0)
+    return tqdm(dynamic_ncols=True, **kwargs)

@@ -15,7 +15,7 @@ from wavenet.config import SampleJob
 from wavenet.errors import UserError
 from wavenet.generate import generate, generate_naive
 from wavenet.plots import save_spectrogram
-from wavenet.runtime import resolve_device, set_threads
+from wavenet.runtime import progress_bar, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ def load_prime(path: str, audio_cfg, seconds: float | None) -> np.ndarray:
 
 def sample(job: SampleJob, out_dir: Path) -> list[Path]:
     """Generate `job.n_samples` streams as one batch; returns the WAV paths written."""
-    from tqdm import tqdm
-
     set_threads(job.threads)
     device = resolve_device(job.device)
     if job.method not in ("fast", "naive"):
@@ -61,8 +59,8 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
           f"{'EMA' if job.use_ema and ckpt.get('ema') is not None else 'raw'} weights, "
           f"{job.method} path, temperature {job.temperature:g}, seed {job.seed})")
     start = time.perf_counter()
-    with tqdm(total=length, unit="sample", unit_scale=True, disable=not job.progress,
-              dynamic_ncols=True, desc="generating") as bar:
+    with progress_bar(total=length, unit="sample", unit_scale=True, disable=not job.progress,
+                      desc="generating") as bar:
         made = 0
 
         def progress(n: int) -> None:
@@ -72,13 +70,9 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
             per_stream = made / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(streams=job.n_samples, rtf=f"{rate / per_stream:.2f}")
 
-        if job.method == "fast":
-            classes = generate(model, length, context, job.n_samples, job.temperature, generator,
-                               on_progress=progress)
-        else:
-            classes = generate_naive(model, length, context, job.n_samples, job.temperature,
-                                     generator)
-            progress(length)
+        method = generate if job.method == "fast" else generate_naive
+        classes = method(model, length, context, job.n_samples, job.temperature, generator,
+                         on_progress=progress)
     elapsed = time.perf_counter() - start
     audio = mu_law_decode(classes.cpu(), q).numpy()
     paths = []

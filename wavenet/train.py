@@ -24,7 +24,7 @@ from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
 from wavenet.model import WaveNet
-from wavenet.runtime import resolve_device, set_threads
+from wavenet.runtime import progress_bar, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +256,14 @@ class Trainer:
 
     def fit(self) -> Path:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         cfg = self.cfg
         self.resume_or_start()
+        if self.step >= cfg.max_steps:
+            path = checkpoint.step_checkpoints(self.ckpt_dir)[-1]
+            print(f"already trained to step {self.step} (train.max_steps={cfg.max_steps}): "
+                  f"nothing to do; checkpoint: {path}")
+            return path
         n_params = self.model.num_parameters()
         rf_ms = 1000.0 * self.rf / self.sample_rate
         print(f"model: {n_params:,} parameters, receptive field {self.rf} samples "
@@ -267,8 +271,8 @@ class Trainer:
               f"run folder {self.run_dir}")
         writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
         crop_pred = self.dataset.crop_length - self.rf
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress,
-                   unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=cfg.max_steps, initial=self.step, disable=not cfg.progress,
+                           unit="step")
         last_saved = None
         tick, samples_since = time.perf_counter(), 0
         try:
