@@ -1,66 +1,117 @@
 import pytest
 import torch
 
-from wavenet.generate import FastStepper, IncrementalState, generate, generate_naive
+from wavenet.features import MelConfig
+from wavenet.generate import (
+    FastStepper,
+    IncrementalState,
+    StepBias,
+    full_conditioning,
+    generate,
+    generate_naive,
+    silence_context,
+)
 from wavenet.model import WaveNet, WaveNetConfig
 
+MEL = MelConfig(n_fft=64, hop_length=8, n_mels=5)
 
-def tiny(kernel_size: int) -> WaveNet:
+VARIANTS = {
+    "mulaw-k2": {},
+    "mulaw-k3": {"kernel_size": 3},
+    "mol": {"output": "mol", "mixtures": 3},
+    "speakers": {"n_speakers": 4, "speaker_channels": 3},
+    "mel": {"mel": MEL, "upsample_scales": [2, 4]},
+    "all": {"output": "mol", "mixtures": 2, "kernel_size": 3, "n_speakers": 3, "mel": MEL,
+            "upsample_scales": [8]},
+}
+
+
+def tiny(**kw) -> WaveNet:
     torch.manual_seed(0)
-    return WaveNet(WaveNetConfig(layers_per_cycle=3, cycles=2, kernel_size=kernel_size,
-                                 residual_channels=8, gate_channels=6, skip_channels=12,
-                                 quantization_channels=32)).eval()
+    cfg = dict(layers_per_cycle=3, cycles=2, residual_channels=8, gate_channels=6,
+               skip_channels=12, quantization_channels=32)
+    return WaveNet(WaveNetConfig(**{**cfg, **kw})).eval()
 
 
-@pytest.mark.parametrize("kernel_size", [2, 3])
+def conditioning(model: WaveNet, batch: int, frames: int = 6):
+    g = torch.Generator().manual_seed(7)
+    speaker = torch.arange(batch) % model.cfg.n_speakers if model.cfg.n_speakers else None
+    mel = (torch.randn(batch, model.cfg.mel.n_mels, frames, generator=g)
+           if model.cfg.mel is not None else None)
+    return speaker, mel
+
+
+def random_context(model: WaveNet, batch: int, length: int, g: torch.Generator):
+    return model.dist.encode(torch.rand(batch, length, generator=g) * 1.6 - 0.8)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("prime_length", [None, 1, 7, 60])
-def test_fast_generation_equals_teacher_forced_forward(kernel_size, prime_length):
-    model = tiny(kernel_size)
+def test_fast_generation_equals_teacher_forced_forward(variant, prime_length):
+    model = tiny(**VARIANTS[variant])
     g = torch.Generator().manual_seed(1)
-    context = (None if prime_length is None
-               else torch.randint(0, 32, (3, prime_length), generator=g))
-    classes, logits = generate(model, 50, context, batch_size=3, generator=g, return_logits=True)
+    context = None if prime_length is None else random_context(model, 3, prime_length, g)
+    speaker, mel = conditioning(model, 3)
+    values, params = generate(model, 48, context, batch_size=3, generator=g, return_params=True,
+                              speaker=speaker, mel=mel)
     if context is None:
-        context = torch.full((3, model.receptive_field), 16)
-    with torch.no_grad():
-        full = model(torch.cat([context, classes], dim=1))
+        context = silence_context(model, 3)
     p = context.shape[1]
-    torch.testing.assert_close(logits, full[:, :, p - 1:-1], rtol=1e-5, atol=1e-5)
-    assert classes.shape == (3, 50) and not torch.equal(classes[0], classes[1])
+    sequence = torch.cat([context, values], dim=1)
+    cond = full_conditioning(model, p, mel)
+    with torch.no_grad():
+        full = model(sequence[:, :-1], speaker, None if cond is None else cond[:, :, 1:])
+    torch.testing.assert_close(params, full[:, :, p - 1:], rtol=1e-4, atol=1e-5)
+    assert values.shape == (3, 48) and not torch.equal(values[0], values[1])
 
 
-@pytest.mark.parametrize("kernel_size", [2, 3])
-def test_fast_and_naive_paths_draw_the_same_samples(kernel_size):
-    model = tiny(kernel_size)
-    fast = generate(model, 40, batch_size=2, generator=torch.Generator().manual_seed(5))
-    naive = generate_naive(model, 40, batch_size=2, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(fast, naive)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_and_naive_paths_draw_the_same_samples(variant):
+    model = tiny(**VARIANTS[variant])
+    speaker, mel = conditioning(model, 2)
+    fast = generate(model, 40, batch_size=2, generator=torch.Generator().manual_seed(5),
+                    speaker=speaker, mel=mel)
+    naive = generate_naive(model, 40, batch_size=2, generator=torch.Generator().manual_seed(5),
+                           speaker=speaker, mel=mel)
+    if model.dist.continuous_input:  # at most one 16-bit level apart (rounding at a bin edge)
+        assert (fast - naive).abs().max() <= 2.0 / 65535 + 1e-7
+    else:
+        assert torch.equal(fast, naive)
+
+
+def test_vocoder_length_follows_the_mel_frames():
+    model = tiny(**VARIANTS["mel"])
+    _, mel = conditioning(model, 2, frames=5)
+    assert generate(model, mel=mel).shape == (2, 5 * MEL.hop_length)
 
 
 def test_same_seed_same_samples_other_seed_other_samples():
-    model = tiny(2)
+    model = tiny()
     a = generate(model, 100, generator=torch.Generator().manual_seed(3))
     b = generate(model, 100, generator=torch.Generator().manual_seed(3))
     c = generate(model, 100, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_priming_in_one_pass_equals_stepping_through_the_prime():
-    model = tiny(3)
-    prime = torch.randint(0, 32, (2, 45), generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("variant", ["mulaw-k3", "all"])
+def test_priming_in_one_pass_equals_stepping_through_the_prime(variant):
+    model = tiny(**VARIANTS[variant])
+    prime = random_context(model, 2, 45, torch.Generator().manual_seed(0))
+    speaker, mel = conditioning(model, 2)
+    cond = full_conditioning(model, 45, mel)
     filled = IncrementalState.zeros(model, 2)
-    filled.fill_from_history(model, prime)
+    filled.fill_from_history(model, prime, speaker, None if cond is None else cond[:, :, 1:46])
     stepped = IncrementalState.zeros(model, 2)
-    stepper = FastStepper(model)
+    stepper, bias = FastStepper(model), StepBias(model, 2, speaker, cond)
     with torch.no_grad():
         for t in range(prime.shape[1]):
-            stepper.step(stepped, prime[:, t])
+            stepper.step(stepped, prime[:, t], bias.at(t + 1))
     assert filled.t == stepped.t
     for a, b in zip(filled.buffers, stepped.buffers, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_temperature_zero_is_greedy():
-    model = tiny(2)
-    classes, logits = generate(model, 20, temperature=0.0, return_logits=True)
+    model = tiny()
+    classes, logits = generate(model, 20, temperature=0.0, return_params=True)
     assert torch.equal(classes, logits.argmax(dim=1))

@@ -21,7 +21,7 @@ def test_causal_and_receptive_field_matches_formula(kernel_size):
     assert rf == (kernel_size - 1) * 2 * (1 + 2 + 4) + 1
     T = 3 * rf
     # Gradients w.r.t. a continuous input: feed the embedding output directly.
-    emb = model.embed_classes(torch.randint(0, 16, (1, T))).detach().requires_grad_(True)
+    emb = model.embed_input(torch.randint(0, 16, (1, T))).detach().requires_grad_(True)
     h, skip = emb, 0
     for layer in model.layers:
         h, s = layer(h)
@@ -33,6 +33,18 @@ def test_causal_and_receptive_field_matches_formula(kernel_size):
     assert touched.max().item() == out  # nothing at or after the predicted sample
     assert touched.min().item() == out - rf + 1
     assert len(touched) == rf  # every sample in the window matters
+
+
+def test_mixture_model_is_causal_in_its_waveform_input():
+    """With continuous input the gradient reaches the waveform itself, conditioning included."""
+    model = tiny(output="mol", mixtures=2, n_speakers=2)
+    rf = model.receptive_field
+    x = (torch.rand(1, 2 * rf, dtype=torch.float64) - 0.5).requires_grad_(True)
+    params = model(x, torch.tensor([1]))
+    assert params.shape == (1, 6, 2 * rf)
+    params[0, :, rf + 3].sum().backward()
+    touched = x.grad[0].nonzero().flatten()
+    assert (touched.min().item(), touched.max().item()) == (4, rf + 3)
 
 
 def test_forward_shapes_and_parameters():

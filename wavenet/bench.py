@@ -10,11 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from wavenet.config import BenchJob
-from wavenet.distributions import sample_categorical
-from wavenet.generate import FastStepper, IncrementalState, silence_class
+from wavenet.generate import FastStepper, IncrementalState, StepBias, silence_context
 from wavenet.model import WaveNet, WaveNetConfig
 
 
@@ -42,14 +40,15 @@ def fast_rate(model: WaveNet, batch: int, seconds: float) -> float:
     """Samples/s (all streams together) of the incremental path in steady state."""
     state = IncrementalState.zeros(model, batch)
     stepper = FastStepper(model)
+    bias = StepBias(model, batch, None, None).at(0)
     g = torch.Generator().manual_seed(0)
-    x = torch.full((batch,), silence_class(model), dtype=torch.long)
+    x = silence_context(model, batch)[:, -1]
     for _ in range(20):  # warm-up: first calls allocate and pick kernels
-        x = sample_categorical(stepper.step(state, x), 1.0, g)
+        x = model.dist.sample(stepper.step(state, x, bias), 1.0, g)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(50):
-            x = sample_categorical(stepper.step(state, x), 1.0, g)
+            x = model.dist.sample(stepper.step(state, x, bias), 1.0, g)
         steps += 50
     return steps * batch / (time.perf_counter() - start)
 
@@ -58,11 +57,11 @@ def fast_rate(model: WaveNet, batch: int, seconds: float) -> float:
 def naive_rate(model: WaveNet, batch: int, steps: int) -> float:
     """Samples/s of the reference path: a forward over one receptive field per sample."""
     g = torch.Generator().manual_seed(0)
-    window = torch.full((batch, model.receptive_field), silence_class(model), dtype=torch.long)
+    window = silence_context(model, batch)
     model(window)
     start = time.perf_counter()
     for _ in range(steps):
-        x = sample_categorical(model(window)[:, :, -1], 1.0, g)
+        x = model.dist.sample(model(window)[:, :, -1], 1.0, g)
         window = torch.cat([window[:, 1:], x[:, None]], dim=1)
     return steps * batch / (time.perf_counter() - start)
 
@@ -73,10 +72,11 @@ def train_rate(cfg: WaveNetConfig, batch: int, crop: int, steps: int) -> float:
     model = WaveNet(cfg).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     rf = model.receptive_field
-    x = torch.randint(0, cfg.quantization_channels, (batch, rf + crop))
+    audio = torch.rand(batch, rf + crop) * 2 - 1
+    x = model.dist.encode(audio)
 
     def step():
-        loss = F.cross_entropy(model(x[:, :-1])[:, :, rf - 1:], x[:, rf:])
+        loss = model.dist.nll(model(x[:, :-1])[:, :, rf - 1:], x[:, rf:])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -93,12 +93,16 @@ class SampleJob:
     Attributes:
         checkpoint: a checkpoint file, or a run folder (its best.pt, else its newest checkpoint).
         n_samples: streams generated together as one batch; one WAV and PNG each.
-        seconds: length of each stream's new audio.
+        seconds: length of each stream's new audio (vocoders: set by the mel frames instead).
         temperature: softmax temperature; 0 is greedy, below 1 is more conservative.
         seed: seeds the draws; the same seed gives the same audio.
         prime: an audio file to continue (resampled and normalized like the training data).
         prime_seconds: use only the last this-many seconds of the prime; None uses all of it.
         include_prime: write the prime before the continuation in each WAV.
+        speaker: the voice, by name, for multi-speaker checkpoints.
+        mel_from: vocoders: an audio file to re-synthesize from its log-mel spectrogram (copy
+            synthesis), or a .npy array (frames, n_mels) of natural-log mel magnitudes computed
+            as `wavenet.features.log_mel` does (hop, bands and rate as the checkpoint's).
         use_ema: use the EMA weights when the checkpoint has them.
         method: "fast" (incremental, O(layers) per sample) or "naive" (full forward per sample).
         out_dir: where files go; None uses the Hydra run folder.
@@ -113,6 +117,8 @@ class SampleJob:
     prime: str | None = None
     prime_seconds: float | None = None
     include_prime: bool = True
+    speaker: str | None = None
+    mel_from: str | None = None
     use_ema: bool = True
     method: str = "fast"
     out_dir: str | None = None
@@ -138,6 +144,10 @@ class EvaluateJob:
     Attributes:
         split: "valid" (the held-out files), "train" or "all".
         max_seconds: score at most this much audio; None scores all of it.
+        resynth_files: vocoders only: how many held-out files to re-synthesize from their
+            log-mel features (copy synthesis); 0 skips it.
+        resynth_seconds: how much of the start of each of those files to re-synthesize.
+        seed: seeds the copy-synthesis draws.
         out: JSON file for the results; None writes evaluation.json in the Hydra run folder.
     """
 
@@ -145,6 +155,9 @@ class EvaluateJob:
     data: EvalData = field(default_factory=EvalData)
     split: str = "valid"
     max_seconds: float | None = None
+    resynth_files: int = 4
+    resynth_seconds: float = 1.0
+    seed: int = 0
     use_ema: bool = True
     out: str | None = None
     device: str = "auto"

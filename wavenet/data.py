@@ -8,6 +8,7 @@ one changes. Crops never cross file boundaries; the held-out split is by file.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -24,8 +25,8 @@ from wavenet.audio import (
     AudioError,
     audio_extensions,
     load_for_training,
-    mu_law_encode,
 )
+from wavenet.features import MelConfig, log_mel
 from wavenet.runtime import progress_bar
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class DataConfig:
             ~/.cache/wavenet.
         crop_samples: predicted samples per training crop; each crop also carries one receptive
             field of context.
+        speakers: where speaker labels come from: None (no labels), "folder" (the first
+            sub-folder under root: root/<speaker>/**/*.wav, the VCTK layout) or the path of a CSV
+            manifest with rows `path,speaker` (paths relative to root).
         num_workers: DataLoader worker processes.
         audio: preprocessing (rate, trimming, normalization).
     """
@@ -55,6 +59,7 @@ class DataConfig:
     valid_fraction: float = 0.1
     cache_dir: str | None = None
     crop_samples: int = 4000
+    speakers: str | None = None
     num_workers: int = 2
     audio: AudioConfig = field(default_factory=AudioConfig)
 
@@ -66,6 +71,8 @@ class CachedFile:
     mtime_ns: int
     offset: int = 0  # first sample in the flat file
     length: int = 0  # samples after preprocessing
+    mel_offset: int = 0  # first frame in the flat feature file
+    frames: int = 0  # log-mel frames (length // hop + 1), when features are cached
 
 
 def default_cache_dir() -> Path:
@@ -91,34 +98,50 @@ def list_audio_files(root: Path) -> list[Path]:
 
 
 class AudioCache:
-    """All files of one folder, preprocessed, as int16 in one memory-mapped file.
+    """All files of one folder, preprocessed, as int16 in one memory-mapped file, and their
+    log-mel features (float16, frames × n_mels) in another when a MelConfig is given.
 
     Attributes:
-        files: per-file offsets and lengths into `samples`.
+        files: per-file offsets and lengths into the flat files.
         sample_rate: rate of the cached audio.
+        mel: the feature config, or None.
     """
 
     def __init__(self, directory: Path, index: dict):
         self.directory = directory
         self.root = Path(index["root"])
         self.sample_rate = index["audio"]["sample_rate"]
+        self.mel = MelConfig(**index["mel"]) if index.get("mel") else None
         self.files = [CachedFile(**f) for f in index["files"]]
-        self._samples_name = index["samples_file"]
-        self._samples: np.ndarray | None = None  # opened lazily: memmaps must not be pickled
+        self._names = {"samples": index["samples_file"], "mels": index.get("mels_file")}
+        self._maps: dict[str, np.ndarray] = {}  # opened lazily: memmaps must not be pickled
+
+    def _map(self, kind: str) -> np.ndarray:
+        if kind not in self._maps:
+            if kind == "samples":
+                shape, dtype = (sum(f.length for f in self.files),), np.int16
+            else:
+                shape, dtype = (sum(f.frames for f in self.files), self.mel.n_mels), np.float16
+            self._maps[kind] = (np.memmap(self.directory / self._names[kind], dtype=dtype,
+                                          mode="r", shape=shape) if shape[0] else
+                                np.zeros(shape, dtype))
+        return self._maps[kind]
 
     @property
     def samples(self) -> np.ndarray:
-        if self._samples is None:
-            total = sum(f.length for f in self.files)
-            self._samples = (np.memmap(self.directory / self._samples_name, dtype=np.int16,
-                                       mode="r", shape=(total,)) if total else
-                             np.zeros(0, np.int16))
-        return self._samples
+        return self._map("samples")
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_samples"] = None
+        state["_maps"] = {}
         return state
+
+    def mels(self, i: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+        """Log-mel frames of file i as float32 (n_mels, frames)."""
+        f = self.files[i]
+        frames = f.frames - start if frames is None else frames
+        rows = self._map("mels")[f.mel_offset + start: f.mel_offset + start + frames]
+        return rows.astype(np.float32).T
 
     def audio(self, i: int, start: int = 0, length: int | None = None) -> np.ndarray:
         """Float32 waveform (T,) of file i, optionally a slice of it."""
@@ -137,15 +160,16 @@ def _fingerprint(root: Path, paths: list[Path]) -> list[CachedFile]:
 
 
 def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path | None = None,
-               min_length: int = 1) -> AudioCache:
+               min_length: int = 1, mel: MelConfig | None = None) -> AudioCache:
     """Return the preprocessed cache of `root`, building it first if missing or stale.
 
     Files that cannot be decoded, or are empty, are skipped with a warning; at least one file
-    must survive.
+    must survive. With `mel`, log-mel features are computed and cached beside the audio.
     """
     root = Path(root).resolve()
     sources = list_audio_files(root)
-    key = hashlib.sha1(json.dumps([str(root), asdict(audio_cfg), CACHE_VERSION]).encode())
+    mel_key = asdict(mel) if mel is not None else None
+    key = hashlib.sha1(json.dumps([str(root), asdict(audio_cfg), mel_key, CACHE_VERSION]).encode())
     directory = Path(cache_dir or default_cache_dir()) / f"{root.name}-{key.hexdigest()[:12]}"
     index_path = directory / "index.json"
     current = _fingerprint(root, sources)
@@ -156,21 +180,22 @@ def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path |
             log.info("using cached audio for %s (%s)", root, directory)
             return AudioCache(directory, index)
         log.info("audio in %s changed since it was cached: rebuilding", root)
-    return _build_cache(root, current, audio_cfg, directory, min_length)
+    return _build_cache(root, current, audio_cfg, directory, min_length, mel)
 
 
 def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, directory: Path,
-                 min_length: int) -> AudioCache:
+                 min_length: int, mel: MelConfig | None) -> AudioCache:
     directory.mkdir(parents=True, exist_ok=True)
     # A new samples file per build, named by its content's fingerprint, then the index swapped in
     # atomically: a crash mid-build leaves the previous cache usable.
     digest = hashlib.sha1(json.dumps([asdict(f) for f in scanned]).encode()).hexdigest()[:12]
-    samples_name = f"samples-{digest}.i16"
+    samples_name, mels_name = f"samples-{digest}.i16", f"mels-{digest}.f16"
     tmp = directory / (samples_name + f".tmp{os.getpid()}")
+    tmp_mels = directory / (mels_name + f".tmp{os.getpid()}")
     kept: list[CachedFile] = []
     skipped: list[str] = []
-    offset = 0
-    with open(tmp, "wb") as out:
+    offset = mel_offset = 0
+    with open(tmp, "wb") as out, open(tmp_mels, "wb") as out_mels:
         for f in progress_bar(iterable=scanned, desc=f"preprocessing {root.name}", unit="file",
                               leave=False):
             try:
@@ -185,19 +210,34 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
                 continue
             pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
             out.write(pcm.tobytes())
-            kept.append(CachedFile(f.path, f.size, f.mtime_ns, offset, len(pcm)))
+            frames = 0
+            if mel is not None:  # from the stored int16 audio: exactly what training sees
+                feats = log_mel(pcm.astype(np.float32) / 32768.0, audio_cfg.sample_rate, mel)
+                out_mels.write(feats.T.numpy().astype(np.float16).tobytes())
+                frames = feats.shape[1]
+            kept.append(CachedFile(f.path, f.size, f.mtime_ns, offset, len(pcm), mel_offset,
+                                   frames))
             offset += len(pcm)
-        out.flush()
-        os.fsync(out.fileno())
+            mel_offset += frames
+        for f in (out, out_mels):
+            f.flush()
+            os.fsync(f.fileno())
     if not kept:
         tmp.unlink()
+        tmp_mels.unlink()
         raise AudioError(f"no usable audio in {root}: all {len(scanned)} files failed to decode")
     os.replace(tmp, directory / samples_name)
+    if mel is not None:
+        os.replace(tmp_mels, directory / mels_name)
+    else:
+        tmp_mels.unlink()
     index = {
         "version": CACHE_VERSION,
         "root": str(root),
         "audio": asdict(audio_cfg),
         "samples_file": samples_name,
+        "mel": asdict(mel) if mel is not None else None,
+        "mels_file": mels_name if mel is not None else None,
         "scanned": [asdict(f) for f in scanned],
         "files": [asdict(f) for f in kept],
         "skipped": skipped,
@@ -205,8 +245,8 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
     tmp_index = directory / f"index.json.tmp{os.getpid()}"
     tmp_index.write_text(json.dumps(index, indent=1))
     os.replace(tmp_index, directory / "index.json")
-    for stale in directory.glob("samples-*.i16"):
-        if stale.name != samples_name:
+    for stale in [*directory.glob("samples-*.i16"), *directory.glob("mels-*.f16")]:
+        if stale.name not in (samples_name, mels_name):
             stale.unlink()
     hours = offset / audio_cfg.sample_rate / 3600
     log.info("cached %d files (%.2f h) of %s in %s; %d skipped", len(kept), hours, root,
@@ -233,30 +273,85 @@ def split_files(cache: AudioCache, valid_fraction: float) -> tuple[list[int], li
     return train, valid
 
 
+def speaker_labels(cache: AudioCache, source: str) -> list[str | None]:
+    """Each cached file's speaker: its first sub-folder ("folder") or a CSV manifest's entry.
+
+    Files a manifest does not list get None (and are left out of training, with a warning).
+    """
+    if source == "folder":
+        labels = []
+        for f in cache.files:
+            parts = Path(f.path).parts
+            if len(parts) < 2:
+                raise AudioError(f"{cache.root / f.path} is not in a speaker folder: with "
+                                 "data.speakers=folder, put each speaker's files in "
+                                 "root/<speaker>/ (or use a manifest CSV)")
+            labels.append(parts[0])
+        return labels
+    manifest = Path(source)
+    if not manifest.is_file():
+        raise AudioError(f"data.speakers={source}: use folder, or the path of a CSV manifest "
+                         "with rows path,speaker")
+    table: dict[str, str] = {}
+    with open(manifest, newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), 1):
+            if not row or (n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "speaker"]):
+                continue
+            if len(row) < 2:
+                raise AudioError(f"{manifest}:{n}: expected path,speaker")
+            path = Path(row[0].strip())
+            rel = path.relative_to(cache.root) if path.is_absolute() else path
+            table[str(rel)] = row[1].strip()
+    labels = [table.get(f.path) for f in cache.files]
+    missing = sum(label is None for label in labels)
+    if missing:
+        log.warning("%d files in %s are not in %s and are not used", missing, cache.root, manifest)
+    return labels
+
+
+@dataclass
+class Conditioning:
+    """What a dataset attaches to each crop besides audio.
+
+    Attributes:
+        speakers: each cached file's speaker id (None: unlabelled, not used), or None for an
+            unconditioned model.
+        hop: samples per log-mel frame when features are attached, else None.
+    """
+
+    speakers: list[int | None] | None = None
+    hop: int | None = None
+
+
 class CropDataset(Dataset):
-    """Random fixed-length crops of mu-law classes, each inside one file.
+    """Random fixed-length crops of audio, each inside one file, with their conditioning.
 
     Item i is a pure function of (seed, i), so a run that resumes at step s sees exactly the
-    crops a run that never stopped would, whatever the number of DataLoader workers.
+    crops a run that never stopped would, whatever the number of DataLoader workers. With mel
+    features, crops start on frame boundaries and span whole frames.
     """
 
     def __init__(self, cache: AudioCache, file_ids: list[int], crop_length: int, seed: int,
-                 quantization_channels: int):
+                 cond: Conditioning | None = None):
         self.cache = cache
-        self.crop_length = crop_length
+        self.cond = cond or Conditioning()
+        self.stride = self.cond.hop or 1
+        self.crop_length = -(-crop_length // self.stride) * self.stride  # whole frames
         self.seed = seed
-        self.quantization_channels = quantization_channels
+        if self.cond.speakers is not None:
+            file_ids = [i for i in file_ids if self.cond.speakers[i] is not None]
         lengths = {i: cache.files[i].length for i in file_ids}
-        self.file_ids = [i for i in file_ids if lengths[i] >= crop_length]
+        self.file_ids = [i for i in file_ids if lengths[i] >= self.crop_length]
         too_short = len(file_ids) - len(self.file_ids)
         if too_short:
             log.warning("%d of %d files are shorter than one crop (%d samples) and are not used "
-                        "for training", too_short, len(file_ids), crop_length)
+                        "for training", too_short, len(file_ids), self.crop_length)
         if not self.file_ids:
             raise AudioError(f"no file in {cache.root} is as long as one training crop "
-                             f"({crop_length} samples = receptive field + data.crop_samples); "
-                             "lower data.crop_samples or use a smaller model")
-        positions = np.array([lengths[i] - crop_length + 1 for i in self.file_ids], np.int64)
+                             f"({self.crop_length} samples = receptive field + "
+                             "data.crop_samples); lower data.crop_samples or use a smaller model")
+        positions = np.array([(lengths[i] - self.crop_length) // self.stride + 1
+                              for i in self.file_ids], np.int64)
         self.cum_positions = np.cumsum(positions)
 
     def __len__(self) -> int:
@@ -268,13 +363,30 @@ class CropDataset(Dataset):
         pos = int(rng.integers(self.cum_positions[-1]))
         k = int(np.searchsorted(self.cum_positions, pos, side="right"))
         start = pos - (int(self.cum_positions[k - 1]) if k else 0)
-        return self.file_ids[k], start
+        return self.file_ids[k], start * self.stride
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """Returns (crop_length,) int64 classes."""
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         file_id, start = self.locate(index)
-        audio = self.cache.audio(file_id, start, self.crop_length)
-        return torch.from_numpy(mu_law_encode(audio, self.quantization_channels))
+        return file_item(self.cache, file_id, self.cond, start, self.crop_length)
+
+
+def file_item(cache: AudioCache, file_id: int, cond: Conditioning, start: int = 0,
+              length: int | None = None) -> dict[str, torch.Tensor]:
+    """A stretch of one file with its conditioning.
+
+    Returns:
+        audio: (T,) float32 in [-1, 1]; speaker: () int64 when labelled; mel: (n_mels, T // hop)
+        float32 log-mel frames when attached (frame j covers samples j·hop … (j+1)·hop - 1 of
+        the stretch; `start` must then be a multiple of hop).
+    """
+    length = cache.files[file_id].length - start if length is None else length
+    item = {"audio": torch.from_numpy(cache.audio(file_id, start, length))}
+    if cond.speakers is not None:
+        item["speaker"] = torch.tensor(cond.speakers[file_id])
+    if cond.hop is not None:
+        frames = -(-length // cond.hop)
+        item["mel"] = torch.from_numpy(cache.mels(file_id, start // cond.hop, frames))
+    return item
 
 
 class StepSampler(torch.utils.data.Sampler):

@@ -9,13 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from wavenet import checkpoint
-from wavenet.audio import class_entropy_bits, mu_law_encode
 from wavenet.config import EvaluateJob
-from wavenet.data import AudioCache, open_cache, split_files
+from wavenet.data import (
+    AudioCache,
+    Conditioning,
+    file_item,
+    open_cache,
+    speaker_labels,
+    split_files,
+)
 from wavenet.errors import UserError
+from wavenet.features import log_mel_distance_db
+from wavenet.generate import generate
 from wavenet.model import WaveNet
 from wavenet.runtime import resolve_device, set_threads
 
@@ -24,42 +31,47 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def heldout_nll(model: WaveNet, cache: AudioCache, file_ids: list[int],
-                max_samples: int | None = None, chunk: int = 16000) -> dict:
+                max_samples: int | None = None, cond: Conditioning | None = None,
+                chunk: int = 16000) -> dict:
     """Score every sample (but each file's first) of the given files, in file order.
 
     Each chunk is run with one receptive field of preceding context, so the result equals a
     single pass over each whole file.
 
     Returns:
-        bits_per_sample: mean NLL in bits; entropy_bits: entropy of the scored samples' mu-law
-        histogram (a memoryless model's NLL); samples: how many were scored.
+        bits_per_sample: mean NLL in bits; entropy_bits: entropy of the scored samples'
+        histogram at the model's resolution (a memoryless model's NLL); samples: how many.
     """
     model.eval()
+    cond = cond or Conditioning()
     device = next(model.parameters()).device
-    q = model.cfg.quantization_channels
+    dist = model.dist
     rf = model.receptive_field
-    total_nll, counted, classes_seen = 0.0, 0, []
+    total_nll, counted, targets_seen = 0.0, 0, []
     for i in file_ids:
-        x = torch.from_numpy(mu_law_encode(cache.audio(i), q)).to(device)
+        item = file_item(cache, i, cond)
+        x = dist.encode(item["audio"].to(device))
+        speaker = item["speaker"][None].to(device) if "speaker" in item else None
+        features = model.upsampler(item["mel"][None].to(device)) if "mel" in item else None
         n = len(x)
         if max_samples is not None:
             n = min(n, max_samples - counted + 1)
         for start in range(1, n, chunk):
             end = min(n, start + chunk)
             first = max(0, start - rf)
-            logits = model(x[None, first:end - 1])[:, :, start - 1 - first:]
+            window_cond = None if features is None else features[:, :, first + 1:end]
+            params = model(x[None, first:end - 1], speaker, window_cond)[:, :, start - 1 - first:]
             targets = x[None, start:end]
-            total_nll += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            total_nll += dist.nll(params, targets, reduction="sum").item()
             counted += end - start
-            classes_seen.append(targets.cpu().numpy().ravel())
+            targets_seen.append(targets.flatten().cpu())
         if max_samples is not None and counted >= max_samples:
             break
     if counted == 0:
         raise UserError("nothing to score: the held-out files are empty")
-    scored = np.concatenate(classes_seen)
     return {
         "bits_per_sample": float(total_nll / counted / np.log(2.0)),
-        "entropy_bits": class_entropy_bits(scored, q),
+        "entropy_bits": dist.histogram_entropy_bits(torch.cat(targets_seen)),
         "samples": counted,
     }
 
@@ -77,23 +89,31 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     valid_root = over.valid_root or (trained.valid_root if same_root else None)
     fraction = over.valid_fraction if over.valid_fraction is not None else trained.valid_fraction
     cache_dir = over.cache_dir or trained.cache_dir
-    rf = model.receptive_field
+    rf, mel = model.receptive_field, model.cfg.mel
     if job.split not in ("valid", "train", "all"):
         raise UserError(f"split={job.split!r}: use valid, train or all")
     if job.split == "valid" and valid_root is not None:
-        cache = open_cache(valid_root, trained.audio, cache_dir, rf)
+        cache = open_cache(valid_root, trained.audio, cache_dir, rf, mel)
         ids = list(range(len(cache.files)))
     else:
-        cache = open_cache(root, trained.audio, cache_dir, rf)
+        cache = open_cache(root, trained.audio, cache_dir, rf, mel)
         if job.split == "all" or (job.split == "train" and valid_root is not None):
             ids = list(range(len(cache.files)))
         else:
             train_ids, valid_ids = split_files(cache, fraction)
             ids = valid_ids if job.split == "valid" else train_ids
+    cond = Conditioning(hop=mel.hop_length if mel is not None else None)
+    if model.cfg.n_speakers:
+        index = {name: n for n, name in enumerate(ckpt["speakers"])}
+        cond.speakers = [index.get(s) for s in speaker_labels(cache, trained.speakers)]
+        ids = [i for i in ids if cond.speakers[i] is not None]
     if not ids:
-        raise UserError(f"split={job.split} of {root} holds no files; try split=all")
+        raise UserError(f"split={job.split} of {root} holds no usable files; try split=all")
     max_samples = None if job.max_seconds is None else int(job.max_seconds * cache.sample_rate)
-    result = heldout_nll(model, cache, ids, max_samples)
+    result = heldout_nll(model, cache, ids, max_samples, cond)
+    if mel is not None and job.resynth_files:
+        result["mel_distance_db"] = copy_synthesis_distance(
+            model, cache, ids[:job.resynth_files], cond, job.resynth_seconds, job.seed)
     result.update(
         checkpoint=str(checkpoint.resolve(job.checkpoint)),
         step=ckpt["step"],
@@ -110,6 +130,32 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     out.write_text(json.dumps(result, indent=2))
     print(f"held-out NLL: {result['bits_per_sample']:.3f} bits/sample over "
           f"{result['seconds']:.1f} s in {len(ids)} files ({result['weights']} weights, "
-          f"step {result['step']}); mu-law histogram entropy {result['entropy_bits']:.3f} bits "
+          f"step {result['step']}); histogram entropy {result['entropy_bits']:.3f} bits "
           f"(gain {result['gain_bits']:.3f}); written to {out}")
+    if "mel_distance_db" in result:
+        print(f"copy synthesis of {min(len(ids), job.resynth_files)} held-out files "
+              f"({job.resynth_seconds:g} s each): log-mel distance "
+              f"{result['mel_distance_db']:.2f} dB")
     return result
+
+
+@torch.no_grad()
+def copy_synthesis_distance(model: WaveNet, cache: AudioCache, file_ids: list[int],
+                            cond: Conditioning, seconds: float, seed: int = 0) -> float:
+    """Re-synthesize the start of each file from its own log-mel features (one batch) and
+    return the mean log-mel distance (dB) between the originals and the syntheses."""
+    hop = model.cfg.mel.hop_length
+    frames = min(int(seconds * cache.sample_rate) // hop,
+                 *(cache.files[i].length // hop for i in file_ids))
+    if frames < 1:
+        raise UserError("held-out files are shorter than one mel frame: nothing to re-synthesize")
+    items = [file_item(cache, i, cond, 0, frames * hop) for i in file_ids]
+    device = next(model.parameters()).device
+    mel = torch.stack([it["mel"] for it in items]).to(device)
+    speaker = (torch.stack([it["speaker"] for it in items]).to(device)
+               if "speaker" in items[0] else None)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    values = generate(model, generator=generator, speaker=speaker, mel=mel)
+    synthesized = model.dist.decode(values.cpu())
+    reference = torch.stack([it["audio"] for it in items])
+    return log_mel_distance_db(reference, synthesized, cache.sample_rate, model.cfg.mel)

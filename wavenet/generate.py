@@ -2,12 +2,18 @@
 
 The fast path keeps, per layer, a ring buffer of that layer's last (k-1)·d inputs, so one new
 sample costs O(layers) matrix-vector products instead of a forward pass over the receptive field.
-All generation state (`IncrementalState`) is created and owned by the generation loop; modules
-hold no buffers.
+Conditioning (conv biases, speaker, upsampled mel) is folded into one additive input per layer
+and step, computed ahead of the loop a chunk at a time. All generation state is created and owned
+by the generation call; modules hold no buffers.
+
+Time runs over the whole sequence: positions 0..P-1 are the context (a prime, or one receptive
+field of silence), P.. the new samples. The step that feeds sample t predicts sample t+1 and uses
+the conditioning of sample t+1.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,75 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from wavenet.distributions import sample_categorical
+from wavenet.errors import UserError
+from wavenet.features import silence_frames
 from wavenet.model import WaveNet
-
-
-@dataclass
-class FusedLayer:
-    """One residual layer's weights, laid out for a (B, k·R) @ (k·R, 2G) step."""
-
-    dilation: int
-    conv_w: torch.Tensor  # (k·R, 2G): rows [tap 0 (oldest) | … | tap k-1 (newest)]
-    conv_b: torch.Tensor  # (2G,)
-    out_w: torch.Tensor  # (G, R+S)
-    out_b: torch.Tensor  # (R+S,)
-
-
-class FastStepper:
-    """Weights of a WaveNet rearranged once for per-sample steps.
-
-    In the step, T = 1 is squeezed away: activations are (B, C) rows so that each layer is two
-    addmm calls. Ring buffers keep the (B, C, T) layout, T being the buffer's time slots.
-    """
-
-    def __init__(self, model: WaveNet):
-        cfg = model.cfg
-        self.cfg = cfg
-        self.kernel_size = cfg.kernel_size
-        self.residual_channels = cfg.residual_channels
-        self.embed = model.embed.weight.detach()  # (Q, R)
-        self.layers = []
-        for layer in model.layers:
-            w = layer.dilated.weight.detach()  # (2G, R, k)
-            self.layers.append(FusedLayer(
-                dilation=layer.dilation,
-                conv_w=w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous(),
-                conv_b=layer.dilated.bias.detach(),
-                out_w=layer.out.weight.detach()[:, :, 0].t().contiguous(),
-                out_b=layer.out.bias.detach(),
-            ))
-        self.skip_scale = model.skip_scale
-        self.head1_w = model.head1.weight.detach()[:, :, 0].t().contiguous()
-        self.head1_b = model.head1.bias.detach()
-        self.head2_w = model.head2.weight.detach()[:, :, 0].t().contiguous()
-        self.head2_b = model.head2.bias.detach()
-
-    def step(self, state: IncrementalState, x: torch.Tensor) -> torch.Tensor:
-        """Feed sample t (the state's clock) and return the logits of sample t+1.
-
-        Args:
-            x: (B,) int64 classes of sample t.
-        Returns:
-            (B, Q) logits.
-        """
-        t = state.t
-        k, r = self.kernel_size, self.residual_channels
-        h = self.embed[x]  # (B, R)
-        skip = None
-        for layer, buf in zip(self.layers, state.buffers, strict=True):
-            d, span = layer.dilation, buf.shape[2]
-            taps = [buf[:, :, (t - j * d) % span] for j in range(k - 1, 0, -1)]
-            z = torch.addmm(layer.conv_b, torch.cat([*taps, h], dim=1), layer.conv_w)
-            buf[:, :, t % span] = h
-            filt, gate = z.chunk(2, dim=1)
-            out = torch.addmm(layer.out_b, torch.tanh(filt) * torch.sigmoid(gate), layer.out_w)
-            s = out[:, r:]
-            skip = s if skip is None else skip + s
-            h = (h + out[:, :r]) * 0.7071067811865476
-        state.t = t + 1
-        hidden = F.relu(torch.addmm(self.head1_b, F.relu(skip * self.skip_scale), self.head1_w))
-        return torch.addmm(self.head2_b, hidden, self.head2_w)
 
 
 @dataclass
@@ -99,16 +39,21 @@ class IncrementalState:
     @classmethod
     def zeros(cls, model: WaveNet, batch_size: int, device=None) -> IncrementalState:
         cfg = model.cfg
-        device = device or model.embed.weight.device
+        device = device or next(model.parameters()).device
         return cls([
             torch.zeros(batch_size, cfg.residual_channels, (cfg.kernel_size - 1) * d, device=device)
             for d in cfg.dilations
         ])
 
-    def fill_from_history(self, model: WaveNet, history: torch.Tensor) -> None:
-        """Load the state as if `history` (B, P) had been stepped through, in one forward pass."""
+    def fill_from_history(self, model: WaveNet, history: torch.Tensor,
+                          speaker: torch.Tensor | None = None,
+                          cond: torch.Tensor | None = None) -> None:
+        """Load the state as if `history` (B, P) had been stepped through, in one forward pass.
+
+        cond: (B, n_mels, P) conditioning of samples 1..P (vocoders).
+        """
         layer_inputs: list[torch.Tensor] = []
-        model(history, layer_inputs=layer_inputs)
+        model(history, speaker, cond, layer_inputs=layer_inputs)
         n = history.shape[1]
         for buf, h in zip(self.buffers, layer_inputs, strict=True):
             span = buf.shape[2]
@@ -117,102 +62,228 @@ class IncrementalState:
         self.t = n
 
 
-def silence_class(model: WaveNet) -> int:
-    """The mu-law class of 0.0, used as context when there is no prime."""
-    return model.cfg.quantization_channels // 2
+class StepBias:
+    """Each layer's additive filter/gate input for each step: (B, layers, 2G) per step.
+
+    Conv biases and the speaker term are constant; the mel term is projected for `chunk` steps at
+    a time, so memory stays bounded however long the generation.
+    """
+
+    def __init__(self, model: WaveNet, batch: int, speaker: torch.Tensor | None,
+                 cond: torch.Tensor | None, chunk: int = 1024):
+        self.model, self.cond, self.chunk = model, cond, chunk
+        n_layers, two_g = len(model.layers), 2 * model.cfg.gate_channels
+        base = torch.stack([layer.dilated.bias for layer in model.layers])  # (L, 2G)
+        base = base.expand(batch, n_layers, two_g)
+        if model.cfg.n_speakers:
+            if speaker is None:
+                raise UserError("this model is multi-speaker: give a speaker")
+            voice = model.speaker_proj(model.speaker_embed(speaker))  # (B, L·2G)
+            base = base + voice.view(batch, n_layers, two_g)
+        self.base = base.contiguous()
+        self._start, self._block = -1, None
+
+    def at(self, t: int) -> torch.Tensor:
+        """(B, L, 2G) for the prediction of sample t."""
+        if self.cond is None:
+            return self.base
+        start = t - t % self.chunk
+        if start != self._start:
+            local = self.model.mel_proj(self.cond[:, :, start:start + self.chunk])  # (B, L·2G, C)
+            b, _, c = local.shape
+            block = local.view(b, *self.base.shape[1:], c).permute(0, 3, 1, 2)
+            self._block = (block + self.base[:, None]).contiguous()  # (B, C, L, 2G)
+            self._start = start
+        return self._block[:, t - start]
 
 
-def default_context(model: WaveNet, batch_size: int, device=None) -> torch.Tensor:
+class FastStepper:
+    """Weights of a WaveNet rearranged once for per-sample steps.
+
+    In the step, T = 1 is squeezed away: activations are (B, C) rows so that each layer is two
+    addmm calls. Ring buffers keep the (B, C, T) layout, T being the buffer's time slots.
+    """
+
+    def __init__(self, model: WaveNet):
+        cfg = model.cfg
+        self.kernel_size = cfg.kernel_size
+        self.residual_channels = cfg.residual_channels
+        self.continuous = model.dist.continuous_input
+        if self.continuous:
+            self.in_w = model.input_proj.weight.detach()[:, 0, 0]  # (R,)
+            self.in_b = model.input_proj.bias.detach()
+        else:
+            self.embed = model.embed.weight.detach()  # (Q, R)
+        self.dilations = cfg.dilations
+        self.conv_w, self.out_w, self.out_b = [], [], []
+        for layer in model.layers:
+            w = layer.dilated.weight.detach()  # (2G, R, k) -> (k·R, 2G), oldest tap first
+            self.conv_w.append(w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous())
+            self.out_w.append(layer.out.weight.detach()[:, :, 0].t().contiguous())  # (G, R+S)
+            self.out_b.append(layer.out.bias.detach())
+        self.skip_scale = model.skip_scale
+        self.head1_w = model.head1.weight.detach()[:, :, 0].t().contiguous()
+        self.head1_b = model.head1.bias.detach()
+        self.head2_w = model.head2.weight.detach()[:, :, 0].t().contiguous()
+        self.head2_b = model.head2.bias.detach()
+
+    def step(self, state: IncrementalState, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Feed sample t (the state's clock) and return the parameters for sample t+1.
+
+        Args:
+            x: (B,) model values of sample t.
+            bias: (B, L, 2G) each layer's filter/gate input for sample t+1 (`StepBias.at`).
+        Returns:
+            (B, P) distribution parameters.
+        """
+        t = state.t
+        k, r = self.kernel_size, self.residual_channels
+        if self.continuous:
+            h = torch.addcmul(self.in_b, x.float()[:, None], self.in_w)  # (B, R)
+        else:
+            h = self.embed[x]
+        skip = None
+        for i, buf in enumerate(state.buffers):
+            d, span = self.dilations[i], buf.shape[2]
+            taps = [buf[:, :, (t - j * d) % span] for j in range(k - 1, 0, -1)]
+            z = torch.addmm(bias[:, i], torch.cat([*taps, h], dim=1), self.conv_w[i])
+            buf[:, :, t % span] = h
+            filt, gate = z.chunk(2, dim=1)
+            out = torch.addmm(self.out_b[i], torch.tanh(filt) * torch.sigmoid(gate),
+                              self.out_w[i])
+            s = out[:, r:]
+            skip = s if skip is None else skip + s
+            h = (h + out[:, :r]) * 0.7071067811865476
+        state.t = t + 1
+        hidden = F.relu(torch.addmm(self.head1_b, F.relu(skip * self.skip_scale), self.head1_w))
+        return torch.addmm(self.head2_b, hidden, self.head2_w)
+
+
+def silence_context(model: WaveNet, batch_size: int, device=None) -> torch.Tensor:
     """A receptive field of silence (B, RF): the starting context without a prime."""
-    device = device or model.embed.weight.device
-    return torch.full((batch_size, model.receptive_field), silence_class(model),
-                      dtype=torch.long, device=device)
+    device = device or next(model.parameters()).device
+    return torch.full((batch_size, model.receptive_field), model.dist.silence(),
+                      dtype=torch.float32 if model.dist.continuous_input else torch.long,
+                      device=device)
+
+
+def full_conditioning(model: WaveNet, context_length: int, mel: torch.Tensor | None):
+    """Upsampled features for every position, context included: (B, n_mels, P + F·hop).
+
+    The context gets silence frames; mel (B, n_mels, F) covers the new samples.
+    """
+    if mel is None:
+        return None
+    hop = model.cfg.mel.hop_length
+    pre = math.ceil(context_length / hop)
+    frames = torch.cat([silence_frames(model.cfg.mel, pre).to(mel)[None].expand(
+        mel.shape[0], -1, -1), mel], dim=2)
+    return model.upsampler(frames)[:, :, pre * hop - context_length:]
+
+
+def _prepare(model, length, context, batch_size, speaker, mel):
+    model.eval()
+    if mel is not None:
+        batch_size = mel.shape[0]
+        length = mel.shape[2] * model.cfg.mel.hop_length
+    if context is None:
+        context = silence_context(model, batch_size)
+    cond = full_conditioning(model, context.shape[1], mel)
+    return length, context, cond
 
 
 @torch.no_grad()
 def generate(
     model: WaveNet,
-    length: int,
+    length: int | None = None,
     context: torch.Tensor | None = None,
     batch_size: int = 1,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-    return_logits: bool = False,
+    return_params: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    speaker: torch.Tensor | None = None,
+    mel: torch.Tensor | None = None,
 ):
-    """Generate `length` new samples per stream with the fast incremental path.
+    """Generate new samples per stream with the fast incremental path.
 
     Args:
-        context: (B, P) classes to continue (a prime); None means a receptive field of silence.
-        batch_size: streams, used when `context` is None.
+        length: new samples per stream (vocoders: ignored, it is mel frames × hop).
+        context: (B, P) model values to continue (a prime); None is a receptive field of silence.
+        batch_size: streams, used when neither `context` nor `mel` says.
         temperature: sampling temperature; 0 is greedy.
         generator: torch.Generator for reproducible draws.
-        return_logits: also return each step's logits (B, Q, length).
+        return_params: also return each step's distribution parameters (B, P, length).
         on_progress: called with the number of new samples made since the last call.
+        speaker: (B,) speaker ids (multi-speaker models).
+        mel: (B, n_mels, F) log-mel frames of the audio to make (vocoders).
     Returns:
-        classes (B, length) int64, and the logits if asked.
+        values (B, length) (classes, or amplitudes for "mol"), and the parameters if asked.
     """
-    model.eval()
-    if context is None:
-        context = default_context(model, batch_size)
+    length, context, cond = _prepare(model, length, context, batch_size, speaker, mel)
+    p = context.shape[1]
     state = IncrementalState.zeros(model, context.shape[0], context.device)
-    if context.shape[1] > 1:
-        state.fill_from_history(model, context[:, :-1])
+    if p > 1:
+        state.fill_from_history(model, context[:, :-1], speaker,
+                                None if cond is None else cond[:, :, 1:p])
     stepper = FastStepper(model)
-    return _sample_loop(lambda x: stepper.step(state, x), context[:, -1], length,
-                        temperature, generator, return_logits, on_progress)
+    bias = StepBias(model, context.shape[0], speaker, cond)
+    return _sample_loop(model, lambda x: stepper.step(state, x, bias.at(state.t + 1)),
+                        context[:, -1], length, temperature, generator, return_params,
+                        on_progress)
 
 
 @torch.no_grad()
 def generate_naive(
     model: WaveNet,
-    length: int,
+    length: int | None = None,
     context: torch.Tensor | None = None,
     batch_size: int = 1,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-    return_logits: bool = False,
+    return_params: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    speaker: torch.Tensor | None = None,
+    mel: torch.Tensor | None = None,
 ):
     """Reference path: a full forward pass over the last receptive field for every sample.
 
     Same arguments and results as `generate`; O(receptive field) per sample.
     """
-    model.eval()
-    if context is None:
-        context = default_context(model, batch_size)
+    length, context, cond = _prepare(model, length, context, batch_size, speaker, mel)
     rf = model.receptive_field
     # The last output of a forward over the newest RF inputs sees exactly the receptive field;
     # a shorter window is zero-padded by the convolutions as the fast path's empty buffers are.
     window = context[:, :-1][:, -(rf - 1):] if rf > 1 else context[:, :0]
+    t = context.shape[1] - 1  # time of the next input
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        nonlocal window
+        nonlocal window, t
         window = torch.cat([window, x[:, None]], dim=1)[:, -rf:]
-        return model(window)[:, :, -1]
+        first = t - window.shape[1] + 1
+        window_cond = None if cond is None else cond[:, :, first + 1:t + 2]
+        t += 1
+        return model(window, speaker, window_cond)[:, :, -1]
 
-    return _sample_loop(step, context[:, -1], length, temperature, generator, return_logits,
-                        on_progress)
+    return _sample_loop(model, step, context[:, -1], length, temperature, generator,
+                        return_params, on_progress)
 
 
-def _sample_loop(step, last, length, temperature, generator, return_logits, on_progress):
-    """Shared draw loop: step(x (B,)) -> logits (B, Q) of the next sample."""
-    batch = last.shape[0]
-    out = torch.empty(batch, length, dtype=torch.long, device=last.device)
-    all_logits = [] if return_logits else None
+def _sample_loop(model, step, last, length, temperature, generator, return_params, on_progress):
+    """Shared draw loop: step(x (B,)) -> parameters (B, P) of the next sample."""
+    out = torch.empty(last.shape[0], length, dtype=last.dtype, device=last.device)
+    all_params = [] if return_params else None
     x = last
-    reported = 0
-    tick = time.monotonic()
+    reported, tick = 0, time.monotonic()
     for i in range(length):
-        logits = step(x)
-        x = sample_categorical(logits, temperature, generator)
+        params = step(x)
+        x = model.dist.sample(params, temperature, generator)
         out[:, i] = x
-        if all_logits is not None:
-            all_logits.append(logits)
+        if all_params is not None:
+            all_params.append(params)
         if on_progress is not None and (time.monotonic() - tick > 0.25 or i == length - 1):
             on_progress(i + 1 - reported)
             reported, tick = i + 1, time.monotonic()
-    if return_logits:
-        return out, torch.stack(all_logits, dim=2)
+    if return_params:
+        return out, torch.stack(all_params, dim=2)
     return out
-

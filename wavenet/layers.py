@@ -47,9 +47,20 @@ class ResidualBlock(nn.Module):
         self.dilated = CausalConv1d(residual_channels, 2 * gate_channels, kernel_size, dilation)
         self.out = nn.Conv1d(gate_channels, residual_channels + skip_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, R, T) -> (next x (B, R, T), skip (B, S, T))."""
-        filt, gate = self.dilated(x).chunk(2, dim=1)
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer.
+
+        Args:
+            x: (B, R, T) residual stream.
+            extra: (B, 2G, T or 1) conditioning added to the filter and gate inputs, or None.
+        Returns:
+            next x (B, R, T), skip (B, S, T).
+        """
+        pre = self.dilated(x)
+        if extra is not None:
+            pre = pre + extra
+        filt, gate = pre.chunk(2, dim=1)
         z = torch.tanh(filt) * torch.sigmoid(gate)
         res, skip = self.out(z).split([self.residual_channels, self.out.out_channels
                                        - self.residual_channels], dim=1)

@@ -1,30 +1,42 @@
-"""The WaveNet: embedded mu-law input, a stack of gated dilated residual layers, an output head."""
+"""The WaveNet: input layer, a stack of gated dilated residual layers, an output head, and
+optional speaker (global) and log-mel (local) conditioning."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
+from wavenet.features import MelConfig
 from wavenet.layers import ResidualBlock
 
 
 @dataclass
 class WaveNetConfig:
-    """Architecture.
+    """Architecture, output distribution and conditioning.
 
     Attributes:
         layers_per_cycle: layers in one cycle of dilations 1, 2, …, 2**(layers_per_cycle-1).
         cycles: how many times the dilation cycle repeats.
         kernel_size: taps of each dilated convolution (2 as in the paper; 3 allowed).
-        residual_channels: width of the residual stream (and of the input embedding).
+        residual_channels: width of the residual stream (and of the input layer).
         gate_channels: width after the tanh·sigmoid gate (the dilated conv outputs twice this).
         skip_channels: width of the skip connections and the output head.
-        quantization_channels: classes of the mu-law output (256 = 8 bits).
+        output: "mulaw" (softmax over quantization_channels mu-law classes, 8-bit by default)
+            or "mol" (discretized mixture of logistics over 16-bit linear PCM).
+        quantization_channels: mu-law classes (256 = 8 bits); "mulaw" only.
+        mixtures: logistic components; "mol" only.
+        log_scale_min: floor of each logistic's log-scale; "mol" only.
+        n_speakers: speakers of global conditioning; 0 is none. Training fills it in from the
+            data when data.speakers is set.
+        speaker_channels: size of the speaker embedding.
+        mel: log-mel features for local conditioning (a vocoder); None is unconditioned.
+        upsample_scales: the upsampler's stages; their product must equal mel.hop_length.
     """
 
     layers_per_cycle: int = 10
@@ -33,18 +45,33 @@ class WaveNetConfig:
     residual_channels: int = 64
     gate_channels: int = 128
     skip_channels: int = 256
+    output: str = "mulaw"
     quantization_channels: int = 256
+    mixtures: int = 10
+    log_scale_min: float = -7.0
+    n_speakers: int = 0
+    speaker_channels: int = 16
+    mel: MelConfig | None = None
+    upsample_scales: list[int] = field(default_factory=lambda: [4, 4, 4, 4])
 
     def __post_init__(self):
         for key in ("layers_per_cycle", "cycles", "residual_channels", "gate_channels",
-                    "skip_channels"):
+                    "skip_channels", "mixtures", "speaker_channels"):
             if getattr(self, key) < 1:
                 raise UserError(f"model.{key}={getattr(self, key)}: must be at least 1")
         if self.kernel_size not in (2, 3):
             raise UserError(f"model.kernel_size={self.kernel_size}: use 2 or 3")
         if not 2 <= self.quantization_channels <= 65536:
             raise UserError(f"model.quantization_channels={self.quantization_channels}: "
-                             "use 2..65536 (256 is the usual 8-bit mu-law)")
+                            "use 2..65536 (256 is the usual 8-bit mu-law)")
+        make_distribution(self.output, self.quantization_channels, self.mixtures,
+                          self.log_scale_min)  # validates output
+        if isinstance(self.mel, dict):  # rebuilt from a checkpoint's plain dict
+            self.mel = MelConfig(**self.mel)
+        if self.mel is not None and math.prod(self.upsample_scales) != self.mel.hop_length:
+            raise UserError(f"model.upsample_scales={list(self.upsample_scales)} multiply to "
+                            f"{math.prod(self.upsample_scales)}, but model.mel.hop_length is "
+                            f"{self.mel.hop_length}: make them agree")
 
     @property
     def dilations(self) -> list[int]:
@@ -55,26 +82,63 @@ class WaveNetConfig:
         """How many past samples one prediction depends on (the newest included)."""
         return (self.kernel_size - 1) * sum(self.dilations) + 1
 
+    def distribution(self):
+        return make_distribution(self.output, self.quantization_channels, self.mixtures,
+                                 self.log_scale_min)
+
+
+class MelUpsampler(nn.Module):
+    """Log-mel frames -> one feature vector per sample, by learned stages.
+
+    A width-3 conv over frames gives each frame its neighbours' context; each stage then
+    repeats every step `scale` times and smooths with a conv. Output length = frames · hop.
+    """
+
+    def __init__(self, n_mels: int, scales: list[int]):
+        super().__init__()
+        self.scales = list(scales)
+        self.frame_conv = nn.Conv1d(n_mels, n_mels, 3, padding=1)
+        self.stages = nn.ModuleList(
+            nn.Conv1d(n_mels, n_mels, 2 * s + 1, padding=s) for s in self.scales)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: (B, n_mels, F) -> (B, n_mels, F · prod(scales))."""
+        h = F.leaky_relu(self.frame_conv(mel), 0.4)
+        for scale, conv in zip(self.scales, self.stages, strict=True):
+            h = F.leaky_relu(conv(h.repeat_interleave(scale, dim=2)), 0.4)
+        return h
+
 
 class WaveNet(nn.Module):
-    """Autoregressive model over mu-law classes.
+    """Autoregressive model of audio samples.
 
-    `forward(x)[:, :, t]` is the distribution of sample t+1 given samples ≤ t.
+    `forward(x)[:, :, t]` parametrizes the distribution of sample t+1 given samples ≤ t (and
+    the conditioning of sample t+1).
     """
 
     def __init__(self, cfg: WaveNetConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.quantization_channels, cfg.residual_channels)
+        self.dist = cfg.distribution()
+        r, g = cfg.residual_channels, cfg.gate_channels
+        if self.dist.continuous_input:
+            self.input_proj = nn.Conv1d(1, r, 1)
+        else:
+            self.embed = nn.Embedding(cfg.quantization_channels, r)
         self.layers = nn.ModuleList(
-            ResidualBlock(cfg.residual_channels, cfg.gate_channels, cfg.skip_channels,
-                          cfg.kernel_size, d)
-            for d in cfg.dilations
-        )
+            ResidualBlock(r, g, cfg.skip_channels, cfg.kernel_size, d) for d in cfg.dilations)
+        n_layers = len(self.layers)
+        # Conditioning reaches every layer's filter and gate; one projection for all layers.
+        if cfg.n_speakers:
+            self.speaker_embed = nn.Embedding(cfg.n_speakers, cfg.speaker_channels)
+            self.speaker_proj = nn.Linear(cfg.speaker_channels, n_layers * 2 * g, bias=False)
+        if cfg.mel is not None:
+            self.upsampler = MelUpsampler(cfg.mel.n_mels, cfg.upsample_scales)
+            self.mel_proj = nn.Conv1d(cfg.mel.n_mels, n_layers * 2 * g, 1, bias=False)
         self.head1 = nn.Conv1d(cfg.skip_channels, cfg.skip_channels, 1)
-        self.head2 = nn.Conv1d(cfg.skip_channels, cfg.quantization_channels, 1)
+        self.head2 = nn.Conv1d(cfg.skip_channels, self.dist.num_params, 1)
         # Summing many skips grows their scale with depth; this keeps it fixed.
-        self.skip_scale = math.sqrt(1.0 / len(self.layers))
+        self.skip_scale = math.sqrt(1.0 / n_layers)
 
     @property
     def receptive_field(self) -> int:
@@ -83,31 +147,60 @@ class WaveNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed_classes(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T) int64 classes -> (B, R, T)."""
+    def embed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Model values (B, T) (classes, or amplitudes for "mol") -> (B, R, T)."""
+        if self.dist.continuous_input:
+            return self.input_proj(x[:, None].to(self.input_proj.weight.dtype))
         return self.embed(x).transpose(1, 2)
 
     def head(self, skip: torch.Tensor) -> torch.Tensor:
-        """Summed skips (B, S, T) -> logits (B, Q, T)."""
+        """Summed skips (B, S, T) -> distribution parameters (B, P, T)."""
         return self.head2(F.relu(self.head1(F.relu(skip * self.skip_scale))))
 
-    def forward(
-        self, x: torch.Tensor, layer_inputs: list[torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def conditioning(self, speaker: torch.Tensor | None = None,
+                     cond: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Every layer's additive filter/gate input, stacked.
+
+        Args:
+            speaker: (B,) speaker ids, if the model has speakers.
+            cond: (B, n_mels, T) upsampled features, if the model has mel conditioning.
+        Returns:
+            (B, layers·2G, T or 1), or None for an unconditioned model.
+        """
+        out = None
+        if self.cfg.n_speakers:
+            if speaker is None:
+                raise UserError("this model is multi-speaker: give a speaker")
+            out = self.speaker_proj(self.speaker_embed(speaker))[:, :, None]
+        if self.cfg.mel is not None:
+            if cond is None:
+                raise UserError("this model is a vocoder: give mel features")
+            local = self.mel_proj(cond)
+            out = local if out is None else out + local
+        return out
+
+    def forward(self, x: torch.Tensor, speaker: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None,
+                layer_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Teacher-forced pass.
 
         Args:
-            x: (B, T) int64 mu-law classes.
+            x: (B, T) model values (see `embed_input`).
+            speaker: (B,) speaker ids (multi-speaker models).
+            cond: (B, n_mels, T) upsampled features; column t conditions the prediction of
+                sample t+1 (vocoders).
             layer_inputs: if given, each layer's input (B, R, T) is appended to it (used to prime
                 incremental generation from a whole recording in one pass).
         Returns:
-            logits (B, Q, T); column t predicts sample t+1.
+            (B, P, T) distribution parameters; column t is for sample t+1.
         """
-        h = self.embed_classes(x)
+        h = self.embed_input(x)
+        extra = self.conditioning(speaker, cond)
+        per_layer = extra.chunk(len(self.layers), dim=1) if extra is not None else None
         skip = 0
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if layer_inputs is not None:
                 layer_inputs.append(h)
-            h, s = layer(h)
+            h, s = layer(h, per_layer[i] if per_layer is not None else None)
             skip = skip + s
         return self.head(skip)

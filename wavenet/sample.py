@@ -10,17 +10,19 @@ import numpy as np
 import torch
 
 from wavenet import checkpoint
-from wavenet.audio import AudioError, load_for_training, mu_law_decode, mu_law_encode, write_audio
+from wavenet.audio import AudioConfig, AudioError, load_for_training, write_audio
 from wavenet.config import SampleJob
 from wavenet.errors import UserError
+from wavenet.features import log_mel, log_mel_distance_db
 from wavenet.generate import generate, generate_naive
+from wavenet.model import WaveNet
 from wavenet.plots import save_spectrogram
 from wavenet.runtime import progress_bar, resolve_device, set_threads
 
 log = logging.getLogger(__name__)
 
 
-def load_prime(path: str, audio_cfg, seconds: float | None) -> np.ndarray:
+def load_prime(path: str, audio_cfg: AudioConfig, seconds: float | None) -> np.ndarray:
     """The prime as the model saw its training audio: resampled, normalized. Returns (P,)."""
     if not Path(path).is_file():
         raise AudioError(f"prime={path}: no such file")
@@ -30,6 +32,48 @@ def load_prime(path: str, audio_cfg, seconds: float | None) -> np.ndarray:
     if audio.size < 1:
         raise AudioError(f"prime={path}: the file holds no samples")
     return audio
+
+
+def speaker_id(job: SampleJob, model: WaveNet, speakers: list[str]) -> int | None:
+    if not model.cfg.n_speakers:
+        if job.speaker is not None:
+            raise UserError(f"speaker={job.speaker}: this checkpoint has no speakers")
+        return None
+    if job.speaker is None or job.speaker not in speakers:
+        what = "pick one with speaker=<name>" if job.speaker is None else \
+            f"unknown speaker {job.speaker!r}"
+        raise UserError(f"{what}; known speakers: {', '.join(speakers)}")
+    return speakers.index(job.speaker)
+
+
+def load_mel(job: SampleJob, model: WaveNet, audio_cfg: AudioConfig):
+    """The log-mel frames (n_mels, F) to vocode, and the source audio when mel_from is audio."""
+    mel_cfg = model.cfg.mel
+    if mel_cfg is None:
+        if job.mel_from is not None:
+            raise UserError(f"mel_from={job.mel_from}: this checkpoint is not a vocoder")
+        return None, None
+    path = Path(job.mel_from) if job.mel_from else None
+    if path is None or not path.is_file():
+        missing = "" if path is None else f" ({path}: no such file)"
+        raise UserError("this checkpoint is a vocoder: give mel_from=speech.wav (copy synthesis) "
+                        f"or mel_from=feats.npy{missing}")
+    expected = (f"(frames, {mel_cfg.n_mels}) natural-log mel magnitudes, hop {mel_cfg.hop_length} "
+                f"at {audio_cfg.sample_rate} Hz")
+    if path.suffix == ".npy":
+        try:
+            feats = np.load(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"mel_from={path}: not a readable .npy file ({err})") from err
+        if feats.ndim != 2 or feats.shape[1] != mel_cfg.n_mels or not len(feats):
+            raise UserError(f"mel_from={path} has shape {feats.shape}; expected {expected}")
+        return torch.from_numpy(np.ascontiguousarray(feats.T, dtype=np.float32)), None
+    audio = load_for_training(path, audio_cfg, min_keep=mel_cfg.hop_length)
+    audio = audio[: len(audio) // mel_cfg.hop_length * mel_cfg.hop_length]
+    if not len(audio):
+        raise UserError(f"mel_from={path} is shorter than one mel frame")
+    frames = log_mel(audio, audio_cfg.sample_rate, mel_cfg)[:, : len(audio) // mel_cfg.hop_length]
+    return frames, audio
 
 
 def sample(job: SampleJob, out_dir: Path) -> list[Path]:
@@ -43,21 +87,30 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
     model, ckpt = checkpoint.load_model(job.checkpoint, job.use_ema, device)
     trained = checkpoint.job_from_dict(ckpt["config"])
     rate = trained.data.audio.sample_rate
-    q = trained.model.quantization_channels
+    dist = model.dist
+    speaker = speaker_id(job, model, ckpt.get("speakers", []))
+    mel, source = load_mel(job, model, trained.data.audio)
+    if mel is not None and job.prime is not None:
+        raise UserError("prime= and mel_from= don't go together: a vocoder follows its mel")
     out_dir = Path(job.out_dir) if job.out_dir else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
 
     context, prime = None, None
     if job.prime is not None:
         prime = load_prime(job.prime, trained.data.audio, job.prime_seconds)
-        context = torch.from_numpy(mu_law_encode(prime, q)).to(device)[None].repeat(
-            job.n_samples, 1)
-    length = int(round(job.seconds * rate))
+        context = dist.encode(torch.from_numpy(prime)).to(device)[None].repeat(job.n_samples, 1)
+    speakers = (None if speaker is None else
+                torch.full((job.n_samples,), speaker, dtype=torch.long, device=device))
+    mels = None if mel is None else mel[None].repeat(job.n_samples, 1, 1).to(device)
+    length = (mel.shape[1] * model.cfg.mel.hop_length if mel is not None
+              else int(round(job.seconds * rate)))
     generator = torch.Generator(device=device).manual_seed(job.seed)
-    print(f"generating {job.n_samples} x {job.seconds:g} s at {rate} Hz from "
+    print(f"generating {job.n_samples} x {length / rate:g} s at {rate} Hz from "
           f"{checkpoint.resolve(job.checkpoint)} (step {ckpt['step']}, "
           f"{'EMA' if job.use_ema and ckpt.get('ema') is not None else 'raw'} weights, "
-          f"{job.method} path, temperature {job.temperature:g}, seed {job.seed})")
+          f"{job.method} path, temperature {job.temperature:g}, seed {job.seed}"
+          + (f", speaker {job.speaker}" if speaker is not None else "")
+          + (f", mel from {job.mel_from}" if mel is not None else "") + ")")
     start = time.perf_counter()
     with progress_bar(total=length, unit="sample", unit_scale=True, disable=not job.progress,
                       desc="generating") as bar:
@@ -71,10 +124,10 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
             bar.set_postfix(streams=job.n_samples, rtf=f"{rate / per_stream:.2f}")
 
         method = generate if job.method == "fast" else generate_naive
-        classes = method(model, length, context, job.n_samples, job.temperature, generator,
-                         on_progress=progress)
+        values = method(model, length, context, job.n_samples, job.temperature, generator,
+                        on_progress=progress, speaker=speakers, mel=mels)
     elapsed = time.perf_counter() - start
-    audio = mu_law_decode(classes.cpu(), q).numpy()
+    audio = dist.decode(values.cpu()).numpy()
     paths = []
     for i, stream in enumerate(audio):
         if prime is not None and job.include_prime:
@@ -86,5 +139,9 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
         paths.append(wav)
     print(f"wrote {len(paths)} WAV + PNG to {out_dir} "
           f"({job.n_samples * length / elapsed:,.0f} samples/s in all, "
-          f"real-time factor {elapsed / job.seconds:.2f} per batch)")
+          f"real-time factor {elapsed * rate / length:.2f} per batch)")
+    if source is not None:
+        distance = log_mel_distance_db(torch.from_numpy(source), torch.from_numpy(audio[0]),
+                                       rate, model.cfg.mel)
+        print(f"copy synthesis: log-mel distance to {job.mel_from}: {distance:.2f} dB")
     return paths

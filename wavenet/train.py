@@ -12,14 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from wavenet import checkpoint
-from wavenet.audio import AudioError, mu_law_decode
+from wavenet.audio import AudioError
 from wavenet.config import TrainConfig, TrainJob
-from wavenet.data import CropDataset, StepSampler, open_cache, split_files
+from wavenet.data import (
+    Conditioning,
+    CropDataset,
+    StepSampler,
+    file_item,
+    open_cache,
+    speaker_labels,
+    split_files,
+)
 from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
@@ -92,9 +99,10 @@ class Trainer:
         if self.cfg.precision not in ("fp32", "bf16"):
             raise UserError(f"train.precision={self.cfg.precision!r}: use fp32 or bf16")
 
+        self.rf = job.model.receptive_field
+        self._open_data()  # first: a multi-speaker model's size comes from the data
         torch.manual_seed(self.cfg.seed)
         self.model = WaveNet(job.model).to(self.device)
-        self.rf = self.model.receptive_field
         self.forward = torch.compile(self.model) if self.cfg.compile else self.model
         opt_cls = torch.optim.AdamW if self.cfg.weight_decay else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.lr,
@@ -106,7 +114,6 @@ class Trainer:
                     if self.cfg.ema_decay is not None else None)
         self.step = 0
         self.best_bits = math.inf
-        self._open_data()
 
     # ----------------------------------------------------------------------------------- data
     def _open_data(self) -> None:
@@ -114,20 +121,49 @@ class Trainer:
         if data.root in (None, "", "???"):
             raise AudioError("data.root is not set: pass data.root=/path/to/audio "
                              "(or data=demo_piano for the bundled demo)")
-        crop = self.rf + data.crop_samples
+        mel = self.job.model.mel
         self.sample_rate = data.audio.sample_rate
-        train_cache = open_cache(data.root, data.audio, data.cache_dir, self.rf)
+        train_cache = open_cache(data.root, data.audio, data.cache_dir, self.rf, mel)
         if data.valid_root is not None:
-            self.valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, self.rf)
+            self.valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, self.rf,
+                                          mel)
             train_ids, self.valid_ids = list(range(len(train_cache.files))), list(
                 range(len(self.valid_cache.files)))
         else:
             self.valid_cache = train_cache
             train_ids, self.valid_ids = split_files(train_cache, data.valid_fraction)
-        self.dataset = CropDataset(train_cache, train_ids, crop, self.cfg.seed,
-                                   self.job.model.quantization_channels)
-        log.info("data: %d training files, %d held-out files, crops of %d samples",
-                 len(self.dataset.file_ids), len(self.valid_ids), crop)
+        hop = mel.hop_length if mel is not None else None
+        self.speakers: list[str] = []
+        train_cond = valid_cond = Conditioning(hop=hop)
+        if data.speakers is not None:
+            labels = speaker_labels(train_cache, data.speakers)
+            self.speakers = sorted({labels[i] for i in train_ids if labels[i] is not None})
+            self._size_speaker_table()
+            index = {name: n for n, name in enumerate(self.speakers)}
+            valid_labels = (labels if self.valid_cache is train_cache
+                            else speaker_labels(self.valid_cache, data.speakers))
+            train_cond = Conditioning([index.get(s) for s in labels], hop)
+            valid_cond = Conditioning([index.get(s) for s in valid_labels], hop)
+            unknown = [i for i in self.valid_ids if valid_cond.speakers[i] is None]
+            if unknown:
+                log.warning("%d held-out files have speakers not in training; not scored",
+                            len(unknown))
+                self.valid_ids = [i for i in self.valid_ids if i not in set(unknown)]
+        self.valid_cond = valid_cond
+        self.dataset = CropDataset(train_cache, train_ids, self.rf + data.crop_samples,
+                                   self.cfg.seed, train_cond)
+        log.info("data: %d training files, %d held-out files, crops of %d samples%s",
+                 len(self.dataset.file_ids), len(self.valid_ids), self.dataset.crop_length,
+                 f", {len(self.speakers)} speakers" if self.speakers else "")
+
+    def _size_speaker_table(self) -> None:
+        model = self.job.model
+        if model.n_speakers == 0:
+            model.n_speakers = len(self.speakers)
+        elif model.n_speakers < len(self.speakers):
+            raise UserError(f"model.n_speakers={model.n_speakers} but the data has "
+                            f"{len(self.speakers)} speakers; set model.n_speakers=0 to size it "
+                            "from the data")
 
     def _loader(self) -> DataLoader:
         remaining = (self.cfg.max_steps - self.step) * self.cfg.batch_size
@@ -145,6 +181,7 @@ class Trainer:
             "config": asdict(self.job),
             "step": self.step,
             "sample_rate": self.sample_rate,
+            "speakers": self.speakers,
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
@@ -174,6 +211,10 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"{path} holds a model with a different config (checkpoint vs requested: {diff}); "
                 "resume with the same model=… or start a new run with another name=…")
+        if ckpt.get("speakers", []) != self.speakers:
+            raise checkpoint.CheckpointError(
+                f"{path} was trained with speakers {ckpt.get('speakers')}, the data now has "
+                f"{self.speakers}; resume on the same data or start a new run with name=…")
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
@@ -208,16 +249,19 @@ class Trainer:
     def eval_model(self) -> WaveNet:
         return self.ema.module if self.ema is not None else self.model
 
-    def train_step(self, batch: torch.Tensor) -> tuple[float, float]:
-        """One optimizer step on a (B, RF + N) batch of classes. Returns (loss nats, grad norm)."""
-        x = batch.to(self.device, non_blocking=True)
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """One optimizer step on a batch of crops (audio (B, RF + N), speaker (B,), mel
+        (B, n_mels, frames)). Returns (loss in nats, gradient norm)."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        x = self.model.dist.encode(batch["audio"])
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                   enabled=self.cfg.precision == "bf16")
         with autocast:
+            cond = self.model.upsampler(batch["mel"])[:, :, 1:] if "mel" in batch else None
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
-            logits = self.forward(x[:, :-1])[:, :, self.rf - 1:]
-        loss = F.cross_entropy(logits.float(), x[:, self.rf:])
+            params = self.forward(x[:, :-1], batch.get("speaker"), cond)[:, :, self.rf - 1:]
+        loss = self.model.dist.nll(params, x[:, self.rf:])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
@@ -232,7 +276,8 @@ class Trainer:
         cfg = self.cfg
         max_samples = (None if cfg.eval_max_seconds is None
                        else int(cfg.eval_max_seconds * self.sample_rate))
-        result = heldout_nll(self.eval_model(), self.valid_cache, self.valid_ids, max_samples)
+        result = heldout_nll(self.eval_model(), self.valid_cache, self.valid_ids, max_samples,
+                             self.valid_cond)
         bits = result["bits_per_sample"]
         writer.add_scalar("valid/bits_per_sample", bits, self.step)
         writer.add_scalar("valid/entropy_bits", result["entropy_bits"], self.step)
@@ -246,10 +291,17 @@ class Trainer:
     def log_audio(self, writer) -> None:
         from wavenet.plots import spectrogram_figure
 
+        model = self.eval_model()
         length = int(self.cfg.sample_seconds * self.sample_rate)
         g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
-        classes = generate(self.eval_model(), length, generator=g)
-        audio = mu_law_decode(classes[0].cpu(), self.job.model.quantization_channels).numpy()
+        speaker = torch.zeros(1, dtype=torch.long, device=self.device) if self.speakers else None
+        mel = None
+        if self.job.model.mel is not None:  # copy synthesis of the start of a held-out file
+            item = file_item(self.valid_cache, self.valid_ids[0], self.valid_cond, 0,
+                             min(length, self.valid_cache.files[self.valid_ids[0]].length))
+            mel = item["mel"][None].to(self.device)
+        values = generate(model, length, generator=g, speaker=speaker, mel=mel)
+        audio = model.dist.decode(values[0].cpu()).numpy()
         writer.add_audio("sample/audio", audio[None], self.step, sample_rate=self.sample_rate)
         writer.add_figure("sample/spectrogram", spectrogram_figure(audio, self.sample_rate),
                           self.step)
@@ -280,7 +332,7 @@ class Trainer:
                 for batch in self._loader():
                     loss, grad_norm = self.train_step(batch)
                     self.step += 1
-                    samples_since += batch.shape[0] * crop_pred
+                    samples_since += batch["audio"].shape[0] * crop_pred
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"loss became {loss} at step {self.step}; lower "
                                                  "train.lr or set train.grad_clip")

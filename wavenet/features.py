@@ -1,0 +1,71 @@
+"""Log-mel features: one function for training, copy synthesis and evaluation alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class MelConfig:
+    """Log-mel spectrogram parameters (the sample rate is the data's).
+
+    Frame i is centred on sample i·hop_length; a signal of T samples has T // hop_length + 1
+    frames. Values are natural-log magnitudes (power 1, Slaney mel scale and area
+    normalization), floored at `log_floor` before the log.
+
+    Attributes:
+        n_fft: FFT size.
+        win_length: window length; None uses n_fft.
+        hop_length: samples between frames; the upsampler's scales multiply to this.
+        n_mels: mel bands.
+        f_min, f_max: band edges in Hz; f_max None is half the sample rate.
+        log_floor: magnitudes below this are clamped before the log.
+    """
+
+    n_fft: int = 1024
+    win_length: int | None = None
+    hop_length: int = 256
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float | None = None
+    log_floor: float = 1e-5
+
+
+def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:
+    """Log-mel spectrogram.
+
+    Args:
+        audio: (T,) or (B, T) float waveform in [-1, 1] (numpy or torch).
+    Returns:
+        (n_mels, frames) or (B, n_mels, frames) float32, frames = T // hop_length + 1.
+    """
+    import torchaudio  # deferred: only conditioned models need it
+
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not torch.is_tensor(audio)
+                        else audio).float()
+    transform = torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length,
+        hop_length=cfg.hop_length, f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels,
+        power=1.0, center=True, norm="slaney", mel_scale="slaney").to(x.device)
+    return torch.log(transform(x).clamp(min=cfg.log_floor))
+
+
+def silence_frames(cfg: MelConfig, frames: int) -> torch.Tensor:
+    """Log-mel of silence: (n_mels, frames) at the floor."""
+    return torch.full((cfg.n_mels, frames), float(np.log(cfg.log_floor)))
+
+
+def log_mel_distance_db(reference, synthesized, sample_rate: int, cfg: MelConfig) -> float:
+    """Log-mel spectral distance in dB between two waveforms (T,) (or (B, T)).
+
+    Per frame, the RMS over mel bands of the difference of the two spectra in dB (20·log10 of
+    magnitudes); then the mean over frames (and over the batch).
+    """
+    a = log_mel(reference, sample_rate, cfg)
+    b = log_mel(synthesized, sample_rate, cfg)
+    n = min(a.shape[-1], b.shape[-1])
+    diff_db = (a[..., :n] - b[..., :n]) * (20.0 / np.log(10.0))
+    return float(diff_db.pow(2).mean(dim=-2).sqrt().mean())
