@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint bench demo-data clean
+.PHONY: help install demo demo-vocoder test test-all lint bench demo-data clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,13 @@ demo: $(STAMP) ## train the small model on the bundled piano (CPU, minutes), the
 		out_dir=outputs/demo/samples
 	$(BIN)/wavenet-evaluate checkpoint=outputs/demo out=outputs/demo/evaluation.json
 	@echo "demo done: audio and spectrograms in outputs/demo/samples/, TensorBoard logs in outputs/demo/tensorboard/"
+
+demo-vocoder: $(STAMP) ## train a mel-conditioned vocoder on the bundled speech, then copy-synthesize
+	$(BIN)/wavenet-train experiment=demo_vocoder train.resume=auto
+	$(BIN)/wavenet-sample checkpoint=outputs/demo-vocoder \
+		mel_from=data/demo/speech/valid/slt/slt_s39.flac out_dir=outputs/demo-vocoder/samples
+	$(BIN)/wavenet-evaluate checkpoint=outputs/demo-vocoder out=outputs/demo-vocoder/evaluation.json
+	@echo "vocoder demo done: outputs/demo-vocoder/samples/sample_00.wav re-synthesizes data/demo/speech/valid/slt/slt_s39.flac"
 
 test: $(STAMP) ## the default test suite (a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q

@@ -297,6 +297,8 @@ class Trainer:
         speaker = torch.zeros(1, dtype=torch.long, device=self.device) if self.speakers else None
         mel = None
         if self.job.model.mel is not None:  # copy synthesis of the start of a held-out file
+            if not self.valid_ids:
+                return
             item = file_item(self.valid_cache, self.valid_ids[0], self.valid_cond, 0,
                              min(length, self.valid_cache.files[self.valid_ids[0]].length))
             mel = item["mel"][None].to(self.device)

@@ -1,0 +1,185 @@
+"""Speakers, log-mel conditioning (vocoders) and the mixture-of-logistics output, end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tests.conftest import compose_job, tiny_train_overrides, write_tone_folder
+from wavenet import checkpoint
+from wavenet.audio import AudioConfig, load_for_training
+from wavenet.data import Conditioning, CropDataset, open_cache
+from wavenet.errors import UserError
+from wavenet.evaluate import evaluate
+from wavenet.features import MelConfig, log_mel, log_mel_distance_db
+from wavenet.generate import generate
+from wavenet.model import WaveNet, WaveNetConfig
+from wavenet.sample import sample
+from wavenet.train import train
+
+RATE = 8000
+# A floor at -40 dB: pure tones leave most bands empty, and any synthesis fills them with noise
+# that would otherwise dominate the distance.
+MEL = MelConfig(n_fft=256, hop_length=32, n_mels=20, log_floor=1e-2)
+VOCODER = ["model.mel.n_fft=256", "model.mel.hop_length=32", "model.mel.n_mels=20",
+           "model.mel.log_floor=0.01", "model.upsample_scales=[4,8]"]
+
+
+def switching_tones(path: Path, seconds: float, seed: int) -> None:
+    """Segments of silence, 300 Hz or 1200 Hz at random times: only features can tell when."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    freq, level = np.empty(n), np.empty(n)
+    pos = 0
+    while pos < n:
+        span = int(rng.integers(RATE // 20, RATE // 5))
+        state = rng.integers(3)
+        freq[pos:pos + span] = (300.0, 1200.0, 300.0)[state]
+        level[pos:pos + span] = (0.5, 0.5, 0.0)[state]
+        pos += span
+    phase = 2 * np.pi * np.cumsum(freq) / RATE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (level * np.sin(phase)).astype(np.float32), RATE)
+
+
+def test_crops_and_features_stay_aligned_and_upsample_to_the_audio_length(tmp_path):
+    switching_tones(tmp_path / "a" / "x.wav", 1.0, seed=0)
+    switching_tones(tmp_path / "a" / "y.wav", 0.7, seed=1)
+    audio_cfg = AudioConfig(sample_rate=RATE, trim_db=None, normalize=None)
+    cache = open_cache(tmp_path / "a", audio_cfg, tmp_path / "cache", mel=MEL)
+    model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4,
+                                  gate_channels=4, skip_channels=4, mel=MEL,
+                                  upsample_scales=[4, 8]))
+    for crop_length in (100, 256, 333):
+        ds = CropDataset(cache, [0, 1], crop_length, seed=0, cond=Conditioning(hop=32))
+        assert ds.crop_length % 32 == 0 and ds.crop_length >= crop_length
+        for i in range(20):
+            item = ds[i]
+            file_id, start = ds.locate(i)
+            assert start % 32 == 0
+            assert item["mel"].shape == (20, ds.crop_length // 32)
+            assert model.upsampler(item["mel"][None]).shape[2] == len(item["audio"])
+            whole = log_mel(cache.audio(file_id), RATE, MEL)  # features of the whole file
+            first = start // 32
+            np.testing.assert_allclose(item["mel"], whole[:, first:first + item["mel"].shape[1]],
+                                       atol=2e-2)  # float16 storage
+            np.testing.assert_array_equal(item["audio"], cache.audio(file_id, start,
+                                                                     ds.crop_length))
+
+
+def test_vocoder_reproduces_the_spectral_pattern_better_than_an_unconditional_model(tmp_path):
+    for i in range(4):
+        switching_tones(tmp_path / "train" / f"{i}.wav", 1.5, seed=i)
+    switching_tones(tmp_path / "valid" / "v.wav", 1.0, seed=10)
+    common = [f"data.root={tmp_path / 'train'}", f"data.valid_root={tmp_path / 'valid'}",
+              f"data.cache_dir={tmp_path / 'cache'}", f"data.audio.sample_rate={RATE}",
+              "data.audio.trim_db=null", "data.crop_samples=256", "data.num_workers=0",
+              "model=debug", "model.layers_per_cycle=5", "model.residual_channels=16",
+              "model.gate_channels=16", "model.skip_channels=32",
+              "train.max_steps=150", "train.batch_size=8", "train.lr=0.005",
+              "train.warmup_steps=10", "train.eval_every=150", "train.sample_every=null",
+              "train.checkpoint_every=150", "train.progress=false"]
+    vocoder_ckpt = train(compose_job("train", ["experiment=vocoder", *common, *VOCODER]),
+                         tmp_path / "vocoder")
+    plain_ckpt = train(compose_job("train", common), tmp_path / "plain")
+
+    valid = open_cache(tmp_path / "valid", AudioConfig(sample_rate=RATE, trim_db=None),
+                       tmp_path / "cache", mel=MEL)
+    frames = valid.files[0].length // 32
+    reference = torch.from_numpy(valid.audio(0, 0, frames * 32))
+    vocoder, _ = checkpoint.load_model(vocoder_ckpt)
+    g = torch.Generator().manual_seed(0)
+    copy = vocoder.dist.decode(generate(vocoder, generator=g,
+                                        mel=torch.from_numpy(valid.mels(0, 0, frames))[None]))[0]
+    plain, _ = checkpoint.load_model(plain_ckpt)
+    free = plain.dist.decode(generate(plain, frames * 32, generator=g))[0]
+    copy_db = log_mel_distance_db(reference, copy, RATE, MEL)
+    free_db = log_mel_distance_db(reference, free, RATE, MEL)
+    assert copy_db < free_db - 3.0, (copy_db, free_db)
+
+    result = evaluate(compose_job("evaluate", [f"checkpoint={vocoder_ckpt}", "resynth_files=1",
+                                               "resynth_seconds=0.25",
+                                               f"out={tmp_path / 'e.json'}"]), tmp_path)
+    assert result["mel_distance_db"] > 0
+    assert "mel_distance_db" in json.loads((tmp_path / "e.json").read_text())
+
+
+def test_copy_synthesis_from_npy_and_its_errors(tmp_path):
+    switching_tones(tmp_path / "a" / "x.wav", 0.6, seed=0)
+    switching_tones(tmp_path / "a" / "y.wav", 0.6, seed=1)
+    ckpt = train(compose_job("train", ["experiment=vocoder",
+                                       *tiny_train_overrides(tmp_path / "a", tmp_path, steps=2),
+                                       *VOCODER]), tmp_path / "run")
+    feats = log_mel(np.zeros(32 * 9, np.float32), RATE, MEL)[:, :9].T.numpy()
+    np.save(tmp_path / "ok.npy", feats)
+    (path,) = sample(compose_job("sample", [f"checkpoint={ckpt}", f"mel_from={tmp_path}/ok.npy",
+                                            "progress=false"]), tmp_path / "out")
+    assert sf.info(path).frames == 9 * 32
+
+    np.save(tmp_path / "bad.npy", feats[:, :7])
+    with pytest.raises(UserError, match=r"shape \(9, 7\); expected \(frames, 20\)"):
+        sample(compose_job("sample", [f"checkpoint={ckpt}", f"mel_from={tmp_path}/bad.npy"]),
+               tmp_path / "out")
+    with pytest.raises(UserError, match="vocoder: give mel_from"):
+        sample(compose_job("sample", [f"checkpoint={ckpt}"]), tmp_path / "out")
+
+    (path,) = sample(compose_job("sample", [f"checkpoint={ckpt}", "progress=false",
+                                            f"mel_from={tmp_path}/a/x.wav"]), tmp_path / "wav")
+    prepared = load_for_training(tmp_path / "a" / "x.wav", AudioConfig(sample_rate=RATE))
+    assert sf.info(path).frames == len(prepared) // 32 * 32  # whole frames of the trimmed audio
+
+
+def speaker_folder(root: Path) -> None:
+    for n, name in enumerate(["zoe", "adam", "mia"]):  # not in sorted order
+        write_tone_folder(root / name / "takes", n_files=2, seconds=0.3, rate=RATE,
+                          f0=200.0 + 100 * n, seed=n)
+
+
+def test_speaker_table_is_stable_and_stored_in_the_checkpoint(tmp_path):
+    speaker_folder(tmp_path / "voices")
+    overrides = ["experiment=multispeaker",
+                 *tiny_train_overrides(tmp_path / "voices", tmp_path, steps=2)]
+    first = checkpoint.load(train(compose_job("train", overrides), tmp_path / "one"))
+    second = checkpoint.load(train(compose_job("train", overrides), tmp_path / "two"))
+    assert first["speakers"] == second["speakers"] == ["adam", "mia", "zoe"]
+    assert first["config"]["model"]["n_speakers"] == 3
+
+    manifest = tmp_path / "speakers.csv"
+    rows = [f"{p.relative_to(tmp_path / 'voices')},{p.parts[-3]}"
+            for p in sorted((tmp_path / "voices").rglob("*.wav"))]
+    manifest.write_text("path,speaker\n" + "\n".join(rows) + "\n")
+    by_manifest = checkpoint.load(train(compose_job("train", [*overrides,
+                                                              f"data.speakers={manifest}"]),
+                                        tmp_path / "three"))
+    assert by_manifest["speakers"] == first["speakers"]
+
+    ckpt = str(tmp_path / "one")
+    (path,) = sample(compose_job("sample", [f"checkpoint={ckpt}", "speaker=mia", "seconds=0.05",
+                                            "progress=false"]), tmp_path / "out")
+    assert sf.info(path).frames == 400
+    with pytest.raises(UserError, match="unknown speaker 'bob'; known speakers: adam, mia, zoe"):
+        sample(compose_job("sample", [f"checkpoint={ckpt}", "speaker=bob"]), tmp_path / "out")
+    with pytest.raises(UserError, match="pick one with speaker="):
+        sample(compose_job("sample", [f"checkpoint={ckpt}"]), tmp_path / "out")
+
+
+def test_speakers_change_the_prediction(tmp_path):
+    model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4,
+                                  gate_channels=4, skip_channels=4, n_speakers=2))
+    x = torch.randint(0, 256, (1, 20))
+    assert not torch.allclose(model(x, torch.tensor([0])), model(x, torch.tensor([1])))
+
+
+def test_mixture_of_logistics_trains_samples_and_evaluates(tmp_path, tone_folder):
+    ckpt = train(compose_job("train", [*tiny_train_overrides(tone_folder, tmp_path, steps=3),
+                                       "model.output=mol", "model.mixtures=3"]), tmp_path / "r")
+    (path,) = sample(compose_job("sample", [f"checkpoint={ckpt}", "seconds=0.05",
+                                            "progress=false"]), tmp_path / "out")
+    audio, rate = sf.read(path, dtype="int16")
+    assert rate == RATE and len(audio) == 400
+    result = evaluate(compose_job("evaluate", [f"checkpoint={ckpt}", "split=all"]), tmp_path)
+    assert 10 < result["entropy_bits"] <= 16  # 16-bit histogram
+    assert result["bits_per_sample"] > 0
