@@ -1,10 +1,13 @@
 """The programs as a user runs them: Hydra configs, checkpoints, resume, sample, evaluate."""
 
+import contextlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -160,3 +163,22 @@ def test_multirun_sweep_trains_each_point(tone_folder, tmp_path):
     assert len(runs) == 2
     lrs = {checkpoint.load(p)["config"]["train"]["lr"] for p in runs}
     assert lrs == {0.001, 0.002}
+
+
+def test_sample_streams_audio_and_a_killed_run_keeps_it(tone_folder, tmp_path):
+    ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path)), tmp_path / "r")
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / "sample.py"),
+                             f"checkpoint={ckpt}", "seconds=60", "out_dir=gen", "progress=false"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wav = tmp_path / "gen" / "sample_00.wav"
+    deadline = time.monotonic() + 120
+    frames = 0
+    while time.monotonic() < deadline and frames < 4000:  # the file grows while it runs
+        time.sleep(0.2)
+        with contextlib.suppress(RuntimeError, OSError):  # caught between two writes
+            frames = sf.info(wav).frames if wav.exists() else 0
+    proc.kill()
+    proc.wait()
+    audio, rate = sf.read(wav)
+    assert rate == 8000 and 4000 <= len(audio) < 60 * 8000
+    assert np.abs(audio).max() > 0

@@ -48,12 +48,6 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return data.mean(axis=1), int(rate)
 
 
-def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Write a mono float waveform (T,) as 16-bit PCM, format chosen by the file's extension."""
-    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    sf.write(str(path), clipped, sample_rate, subtype="PCM_16")
-
-
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """Band-limited resampling (soxr, through librosa); returns float32 (T',)."""
     if orig_rate == target_rate:

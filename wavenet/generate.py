@@ -63,7 +63,7 @@ class IncrementalState:
 
 
 class StepBias:
-    """Each layer's additive filter/gate input for each step: (B, layers, 2G) per step.
+    """Each layer's additive filter/gate input for each step: L tensors (B, 2G) per step.
 
     Conv biases and the speaker term are constant; the mel term is projected for `chunk` steps at
     a time, so memory stays bounded however long the generation.
@@ -81,12 +81,13 @@ class StepBias:
             voice = model.speaker_proj(model.speaker_embed(speaker))  # (B, L·2G)
             base = base + voice.view(batch, n_layers, two_g)
         self.base = base.contiguous()
+        self.static = self.base.unbind(1)  # per-layer views, made once
         self._start, self._block = -1, None
 
-    def at(self, t: int) -> torch.Tensor:
-        """(B, L, 2G) for the prediction of sample t."""
+    def at(self, t: int) -> tuple[torch.Tensor, ...]:
+        """Each layer's (B, 2G) input for the prediction of sample t."""
         if self.cond is None:
-            return self.base
+            return self.static
         start = t - t % self.chunk
         if start != self._start:
             local = self.model.mel_proj(self.cond[:, :, start:start + self.chunk])  # (B, L·2G, C)
@@ -94,7 +95,7 @@ class StepBias:
             block = local.view(b, *self.base.shape[1:], c).permute(0, 3, 1, 2)
             self._block = (block + self.base[:, None]).contiguous()  # (B, C, L, 2G)
             self._start = start
-        return self._block[:, t - start]
+        return self._block[:, t - start].unbind(1)
 
 
 class FastStepper:
@@ -127,12 +128,13 @@ class FastStepper:
         self.head2_w = model.head2.weight.detach()[:, :, 0].t().contiguous()
         self.head2_b = model.head2.bias.detach()
 
-    def step(self, state: IncrementalState, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def step(self, state: IncrementalState, x: torch.Tensor,
+             bias: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Feed sample t (the state's clock) and return the parameters for sample t+1.
 
         Args:
             x: (B,) model values of sample t.
-            bias: (B, L, 2G) each layer's filter/gate input for sample t+1 (`StepBias.at`).
+            bias: each layer's (B, 2G) filter/gate input for sample t+1 (`StepBias.at`).
         Returns:
             (B, P) distribution parameters.
         """
@@ -146,7 +148,7 @@ class FastStepper:
         for i, buf in enumerate(state.buffers):
             d, span = self.dilations[i], buf.shape[2]
             taps = [buf[:, :, (t - j * d) % span] for j in range(k - 1, 0, -1)]
-            z = torch.addmm(bias[:, i], torch.cat([*taps, h], dim=1), self.conv_w[i])
+            z = torch.addmm(bias[i], torch.cat([*taps, h], dim=1), self.conv_w[i])
             buf[:, :, t % span] = h
             filt, gate = z.chunk(2, dim=1)
             out = torch.addmm(self.out_b[i], torch.tanh(filt) * torch.sigmoid(gate),
@@ -201,7 +203,7 @@ def generate(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     return_params: bool = False,
-    on_progress: Callable[[int], None] | None = None,
+    on_samples: Callable[[torch.Tensor], None] | None = None,
     speaker: torch.Tensor | None = None,
     mel: torch.Tensor | None = None,
 ):
@@ -214,7 +216,8 @@ def generate(
         temperature: sampling temperature; 0 is greedy.
         generator: torch.Generator for reproducible draws.
         return_params: also return each step's distribution parameters (B, P, length).
-        on_progress: called with the number of new samples made since the last call.
+        on_samples: called about 4 times a second with the values made since the last call,
+            (B, n): for progress bars and streaming output.
         speaker: (B,) speaker ids (multi-speaker models).
         mel: (B, n_mels, F) log-mel frames of the audio to make (vocoders).
     Returns:
@@ -230,7 +233,7 @@ def generate(
     bias = StepBias(model, context.shape[0], speaker, cond)
     return _sample_loop(model, lambda x: stepper.step(state, x, bias.at(state.t + 1)),
                         context[:, -1], length, temperature, generator, return_params,
-                        on_progress)
+                        on_samples)
 
 
 @torch.no_grad()
@@ -242,7 +245,7 @@ def generate_naive(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     return_params: bool = False,
-    on_progress: Callable[[int], None] | None = None,
+    on_samples: Callable[[torch.Tensor], None] | None = None,
     speaker: torch.Tensor | None = None,
     mel: torch.Tensor | None = None,
 ):
@@ -266,10 +269,10 @@ def generate_naive(
         return model(window, speaker, window_cond)[:, :, -1]
 
     return _sample_loop(model, step, context[:, -1], length, temperature, generator,
-                        return_params, on_progress)
+                        return_params, on_samples)
 
 
-def _sample_loop(model, step, last, length, temperature, generator, return_params, on_progress):
+def _sample_loop(model, step, last, length, temperature, generator, return_params, on_samples):
     """Shared draw loop: step(x (B,)) -> parameters (B, P) of the next sample."""
     out = torch.empty(last.shape[0], length, dtype=last.dtype, device=last.device)
     all_params = [] if return_params else None
@@ -281,8 +284,8 @@ def _sample_loop(model, step, last, length, temperature, generator, return_param
         out[:, i] = x
         if all_params is not None:
             all_params.append(params)
-        if on_progress is not None and (time.monotonic() - tick > 0.25 or i == length - 1):
-            on_progress(i + 1 - reported)
+        if on_samples is not None and (time.monotonic() - tick > 0.25 or i == length - 1):
+            on_samples(out[:, reported:i + 1])
             reported, tick = i + 1, time.monotonic()
     if return_params:
         return out, torch.stack(all_params, dim=2)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from wavenet import checkpoint
-from wavenet.audio import AudioConfig, AudioError, load_for_training, write_audio
+from wavenet.audio import AudioConfig, AudioError, load_for_training
 from wavenet.config import SampleJob
 from wavenet.errors import UserError
 from wavenet.features import log_mel, log_mel_distance_db
@@ -32,6 +33,38 @@ def load_prime(path: str, audio_cfg: AudioConfig, seconds: float | None) -> np.n
     if audio.size < 1:
         raise AudioError(f"prime={path}: the file holds no samples")
     return audio
+
+
+class StreamingWavs:
+    """16-bit mono WAVs that grow as samples arrive.
+
+    The standard library's wave writer rewrites the header's sizes after every chunk, so each
+    file is a valid WAV of everything made so far: it can be played while generation runs, and
+    an interrupted or killed run keeps what it made.
+    """
+
+    def __init__(self, paths: list[Path], sample_rate: int):
+        self.paths, self.sample_rate = paths, sample_rate
+        self.files: list[wave.Wave_write] = []
+
+    def __enter__(self) -> StreamingWavs:
+        for path in self.paths:
+            w = wave.open(str(path), "wb")
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(self.sample_rate)
+            self.files.append(w)
+        return self
+
+    def write(self, audio: np.ndarray) -> None:
+        """audio: (streams, n) float in [-1, 1]."""
+        pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+        for w, stream in zip(self.files, pcm, strict=True):
+            w.writeframes(stream.tobytes())
+
+    def __exit__(self, *exc) -> None:
+        for w in self.files:
+            w.close()
 
 
 def speaker_id(job: SampleJob, model: WaveNet, speakers: list[str]) -> int | None:
@@ -111,32 +144,33 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
           f"{job.method} path, temperature {job.temperature:g}, seed {job.seed}"
           + (f", speaker {job.speaker}" if speaker is not None else "")
           + (f", mel from {job.mel_from}" if mel is not None else "") + ")")
+    paths = [out_dir / f"sample_{i:02d}.wav" for i in range(job.n_samples)]
     start = time.perf_counter()
     with progress_bar(total=length, unit="sample", unit_scale=True, disable=not job.progress,
-                      desc="generating") as bar:
-        made = 0
+                      desc="generating") as bar, StreamingWavs(paths, rate) as wavs:
+        if prime is not None and job.include_prime:
+            wavs.write(np.repeat(prime[None], job.n_samples, axis=0))
 
-        def progress(n: int) -> None:
+        made = 0  # per stream; bar.n stays 0 when the bar is disabled
+
+        def on_samples(values: torch.Tensor) -> None:
             nonlocal made
-            made += n
-            bar.update(n)
+            wavs.write(dist.decode(values.cpu()).numpy())
+            made += values.shape[1]
+            bar.update(values.shape[1])
             per_stream = made / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(streams=job.n_samples, rtf=f"{rate / per_stream:.2f}")
 
         method = generate if job.method == "fast" else generate_naive
         values = method(model, length, context, job.n_samples, job.temperature, generator,
-                        on_progress=progress, speaker=speakers, mel=mels)
+                        on_samples=on_samples, speaker=speakers, mel=mels)
     elapsed = time.perf_counter() - start
     audio = dist.decode(values.cpu()).numpy()
-    paths = []
-    for i, stream in enumerate(audio):
+    for wav, stream in zip(paths, audio, strict=True):
         if prime is not None and job.include_prime:
             stream = np.concatenate([prime, stream])
-        wav = out_dir / f"sample_{i:02d}.wav"
-        write_audio(wav, stream, rate)
         save_spectrogram(wav.with_suffix(".png"), stream, rate,
                          title=f"{wav.name} (temperature {job.temperature:g}, seed {job.seed})")
-        paths.append(wav)
     print(f"wrote {len(paths)} WAV + PNG to {out_dir} "
           f"({job.n_samples * length / elapsed:,.0f} samples/s in all, "
           f"real-time factor {elapsed * rate / length:.2f} per batch)")
