@@ -18,6 +18,7 @@ from tests.conftest import compose_job, tiny_train_overrides
 from wavenet import checkpoint
 from wavenet.cli import CONFIG_DIR, REPO_ROOT
 from wavenet.config import EvaluateJob, SampleJob, TrainJob
+from wavenet.errors import UserError
 from wavenet.evaluate import evaluate
 from wavenet.sample import sample
 from wavenet.train import train
@@ -79,6 +80,7 @@ def test_train_sample_evaluate_from_the_command_line(tone_folder, tmp_path):
     ckpt = tmp_path / "outputs" / "cli" / "checkpoints" / "step-00000004.pt"
     assert ckpt.is_file() and (tmp_path / "outputs/cli/checkpoints/best.pt").is_file()
     assert list((tmp_path / "outputs/cli/tensorboard").glob("events.*"))
+    assert (tmp_path / "outputs/cli/train.log").is_file()
 
     again = run_script("train", *overrides, cwd=tmp_path)  # would overwrite: refused, one line
     assert again.returncode == 1 and "train.resume=auto" in again.stderr
@@ -152,6 +154,24 @@ def test_broken_checkpoint_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"garbage")
     done = run_script("sample", f"checkpoint={bad}", cwd=tmp_path)
     assert done.returncode == 1 and "bad.pt" in done.stderr and "Traceback" not in done.stderr
+    done = run_script("train", cwd=tmp_path)  # data.root not given
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "error: data.root is not set: pass data.root=…"
+
+
+def test_home_relative_paths_are_expanded(tone_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    job = compose_job("train", tiny_train_overrides(tone_folder, tmp_path, steps=2)
+                      + ["data.root='~/audio'"])  # quoted: Hydra's grammar rejects a bare ~
+    ckpt = train(job, tmp_path / "run")
+    assert checkpoint.resolve("~/run") == tmp_path / "run" / "checkpoints" / "best.pt"
+    assert checkpoint.load(ckpt)["step"] == 2
+
+
+def test_keeping_no_checkpoint_is_refused(tone_folder, tmp_path):
+    job = compose_job("train", tiny_train_overrides(tone_folder, tmp_path) + ["train.keep_last=0"])
+    with pytest.raises(UserError, match="train.keep_last=0"):
+        train(job, tmp_path / "run")
 
 
 def test_multirun_sweep_trains_each_point(tone_folder, tmp_path):

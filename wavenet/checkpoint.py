@@ -48,7 +48,7 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 def load(path: str | Path, map_location="cpu") -> dict:
     """Load and sanity-check a checkpoint file (no code runs from it)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -79,7 +79,7 @@ def step_checkpoints(folder: Path) -> list[Path]:
 
 def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a run folder -> its best.pt, else its newest step checkpoint."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         if (folder / "best.pt").is_file():

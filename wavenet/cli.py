@@ -14,6 +14,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from wavenet.config import BenchJob, EvaluateJob, SampleJob, TrainJob
 from wavenet.errors import UserError
@@ -55,6 +56,9 @@ def _entry(config_name: str, body: Callable[[DictConfig], object]) -> Callable[[
     def main(cfg: DictConfig) -> None:
         try:
             body(cfg)
+        except MissingMandatoryValue as err:
+            print(f"error: {err.full_key} is not set: pass {err.full_key}=…", file=sys.stderr)
+            sys.exit(1)
         except UserError as err:
             # A user error is one line, not a traceback.
             print(f"error: {err}", file=sys.stderr)

@@ -166,7 +166,7 @@ def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path |
     Files that cannot be decoded, or are empty, are skipped with a warning; at least one file
     must survive. With `mel`, log-mel features are computed and cached beside the audio.
     """
-    root = Path(root).resolve()
+    root = Path(root).expanduser().resolve()
     sources = list_audio_files(root)
     mel_key = asdict(mel) if mel is not None else None
     key = hashlib.sha1(json.dumps([str(root), asdict(audio_cfg), mel_key, CACHE_VERSION]).encode())

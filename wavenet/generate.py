@@ -183,17 +183,6 @@ def full_conditioning(model: WaveNet, context_length: int, mel: torch.Tensor | N
     return model.upsampler(frames)[:, :, pre * hop - context_length:]
 
 
-def _prepare(model, length, context, batch_size, speaker, mel):
-    model.eval()
-    if mel is not None:
-        batch_size = mel.shape[0]
-        length = mel.shape[2] * model.cfg.mel.hop_length
-    if context is None:
-        context = silence_context(model, batch_size)
-    cond = full_conditioning(model, context.shape[1], mel)
-    return length, context, cond
-
-
 @torch.no_grad()
 def generate(
     model: WaveNet,
@@ -206,8 +195,9 @@ def generate(
     on_samples: Callable[[torch.Tensor], None] | None = None,
     speaker: torch.Tensor | None = None,
     mel: torch.Tensor | None = None,
+    method: str = "fast",
 ):
-    """Generate new samples per stream with the fast incremental path.
+    """Generate new samples per stream.
 
     Args:
         length: new samples per stream (vocoders: ignored, it is mel frames × hop).
@@ -220,10 +210,31 @@ def generate(
             (B, n): for progress bars and streaming output.
         speaker: (B,) speaker ids (multi-speaker models).
         mel: (B, n_mels, F) log-mel frames of the audio to make (vocoders).
+        method: "fast" (incremental, O(layers) per sample) or "naive" (the reference: a full
+            forward pass over the last receptive field for every sample). Both draw the same
+            samples for the same generator.
     Returns:
         values (B, length) (classes, or amplitudes for "mol"), and the parameters if asked.
     """
-    length, context, cond = _prepare(model, length, context, batch_size, speaker, mel)
+    model.eval()
+    if mel is not None:
+        batch_size = mel.shape[0]
+        length = mel.shape[2] * model.cfg.mel.hop_length
+    if context is None:
+        context = silence_context(model, batch_size)
+    cond = full_conditioning(model, context.shape[1], mel)
+    if method == "fast":
+        step = _fast_step(model, context, speaker, cond)
+    elif method == "naive":
+        step = _naive_step(model, context, speaker, cond)
+    else:
+        raise UserError(f"method={method!r}: use fast or naive")
+    return _sample_loop(model, step, context[:, -1], length, temperature, generator,
+                        return_params, on_samples)
+
+
+def _fast_step(model, context, speaker, cond):
+    """step(x) for the incremental path, its state loaded with the context."""
     p = context.shape[1]
     state = IncrementalState.zeros(model, context.shape[0], context.device)
     if p > 1:
@@ -231,29 +242,11 @@ def generate(
                                 None if cond is None else cond[:, :, 1:p])
     stepper = FastStepper(model)
     bias = StepBias(model, context.shape[0], speaker, cond)
-    return _sample_loop(model, lambda x: stepper.step(state, x, bias.at(state.t + 1)),
-                        context[:, -1], length, temperature, generator, return_params,
-                        on_samples)
+    return lambda x: stepper.step(state, x, bias.at(state.t + 1))
 
 
-@torch.no_grad()
-def generate_naive(
-    model: WaveNet,
-    length: int | None = None,
-    context: torch.Tensor | None = None,
-    batch_size: int = 1,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    return_params: bool = False,
-    on_samples: Callable[[torch.Tensor], None] | None = None,
-    speaker: torch.Tensor | None = None,
-    mel: torch.Tensor | None = None,
-):
-    """Reference path: a full forward pass over the last receptive field for every sample.
-
-    Same arguments and results as `generate`; O(receptive field) per sample.
-    """
-    length, context, cond = _prepare(model, length, context, batch_size, speaker, mel)
+def _naive_step(model, context, speaker, cond):
+    """step(x) for the reference path: a forward pass over the newest receptive field."""
     rf = model.receptive_field
     # The last output of a forward over the newest RF inputs sees exactly the receptive field;
     # a shorter window is zero-padded by the convolutions as the fast path's empty buffers are.
@@ -268,8 +261,7 @@ def generate_naive(
         t += 1
         return model(window, speaker, window_cond)[:, :, -1]
 
-    return _sample_loop(model, step, context[:, -1], length, temperature, generator,
-                        return_params, on_samples)
+    return step
 
 
 def _sample_loop(model, step, last, length, temperature, generator, return_params, on_samples):

@@ -15,7 +15,7 @@ from wavenet.audio import AudioConfig, AudioError, load_for_training
 from wavenet.config import SampleJob
 from wavenet.errors import UserError
 from wavenet.features import log_mel, log_mel_distance_db
-from wavenet.generate import generate, generate_naive
+from wavenet.generate import generate
 from wavenet.model import WaveNet
 from wavenet.plots import save_spectrogram
 from wavenet.runtime import progress_bar, resolve_device, set_threads
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def load_prime(path: str, audio_cfg: AudioConfig, seconds: float | None) -> np.ndarray:
     """The prime as the model saw its training audio: resampled, normalized. Returns (P,)."""
-    if not Path(path).is_file():
+    path = Path(path).expanduser()
+    if not path.is_file():
         raise AudioError(f"prime={path}: no such file")
     audio = load_for_training(path, audio_cfg, min_keep=audio_cfg.sample_rate // 10)
     if seconds is not None:
@@ -86,7 +87,7 @@ def load_mel(job: SampleJob, model: WaveNet, audio_cfg: AudioConfig):
         if job.mel_from is not None:
             raise UserError(f"mel_from={job.mel_from}: this checkpoint is not a vocoder")
         return None, None
-    path = Path(job.mel_from) if job.mel_from else None
+    path = Path(job.mel_from).expanduser() if job.mel_from else None
     if path is None or not path.is_file():
         missing = "" if path is None else f" ({path}: no such file)"
         raise UserError("this checkpoint is a vocoder: give mel_from=speech.wav (copy synthesis) "
@@ -161,9 +162,8 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
             per_stream = made / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(streams=job.n_samples, rtf=f"{rate / per_stream:.2f}")
 
-        method = generate if job.method == "fast" else generate_naive
-        values = method(model, length, context, job.n_samples, job.temperature, generator,
-                        on_samples=on_samples, speaker=speakers, mel=mels)
+        values = generate(model, length, context, job.n_samples, job.temperature, generator,
+                          on_samples=on_samples, speaker=speakers, mel=mels, method=job.method)
     elapsed = time.perf_counter() - start
     audio = dist.decode(values.cpu()).numpy()
     for wav, stream in zip(paths, audio, strict=True):

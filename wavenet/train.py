@@ -96,6 +96,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         set_threads(self.cfg.threads)
         self.device = resolve_device(self.cfg.device)
+        if self.cfg.keep_last < 1:
+            raise UserError(f"train.keep_last={self.cfg.keep_last}: keep at least 1 checkpoint")
         if self.cfg.precision not in ("fp32", "bf16"):
             raise UserError(f"train.precision={self.cfg.precision!r}: use fp32 or bf16")
 
@@ -198,7 +200,7 @@ class Trainer:
     def save(self) -> Path:
         path = self.step_path()
         checkpoint.save_atomic(self.state(), path)
-        for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last or None]:
+        for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last]:
             old.unlink()
         return path
 
