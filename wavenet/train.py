@@ -135,6 +135,9 @@ class Trainer:
             self.valid_cache = train_cache
             train_ids, self.valid_ids = split_files(train_cache, data.valid_fraction)
         hop = mel.hop_length if mel is not None else None
+        if self.job.model.n_speakers and data.speakers is None:
+            raise UserError(f"model.n_speakers={self.job.model.n_speakers} but the data has no "
+                            "speaker labels: set data.speakers=folder or data.speakers=<csv>")
         self.speakers: list[str] = []
         train_cond = valid_cond = Conditioning(hop=hop)
         if data.speakers is not None:
