@@ -180,7 +180,7 @@ class BenchJob:
     """
 
     models: list[str] = field(default_factory=lambda: ["small", "base"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 32])
     fast_seconds: float = 3.0
     naive_steps: int = 5
     train_steps: int = 3

@@ -1,0 +1,27 @@
+"""The benchmark runs and reports every figure (speed itself is never asserted in tests)."""
+
+import json
+
+from tests.conftest import compose_job
+from wavenet.bench import StraightforwardWaveNet, bench
+from wavenet.cli import model_config
+from wavenet.model import WaveNet
+
+
+def test_straightforward_baseline_is_the_same_network():
+    cfg = model_config("small")
+    ours, plain = WaveNet(cfg), StraightforwardWaveNet(cfg)
+    assert ours.num_parameters() == sum(p.numel() for p in plain.parameters())
+
+
+def test_bench_reports_every_figure(tmp_path):
+    job = compose_job("bench", ["batch_sizes=[1,2]", "fast_seconds=0.3", "naive_steps=2",
+                                "train_steps=1", "train_batch_size=1", "train_crop=64",
+                                f"out={tmp_path / 'bench.json'}"])
+    bench(job, {"debug": model_config("debug")}, tmp_path)
+    report = json.loads((tmp_path / "bench.json").read_text())
+    row = report["results"][0]
+    assert row["floor_samples_per_s"] > 0 and row["train_straightforward_samples_per_s"] > 0
+    assert [g["batch"] for g in row["generation"]] == [1, 2]
+    assert row["generation"][0]["fraction_of_floor"] > 0
+    assert report["machine"]["torch"]
