@@ -151,7 +151,3 @@ def make_distribution(name: str, classes: int, mixtures: int, log_scale_min: flo
         return DiscretizedLogisticMixture(mixtures, 16, log_scale_min)
     raise UserError(f"model.output={name!r}: use mulaw (256-way softmax) or mol "
                     "(mixture of logistics over 16-bit audio)")
-
-
-def nats_to_bits(nats: float) -> float:
-    return nats / math.log(2.0)
