@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wavenet.config import BenchJob
-from wavenet.generate import FastStepper, IncrementalState, StepBias, silence_context
+from wavenet.generate import fast_step, naive_step, silence_context
 from wavenet.model import WaveNet, WaveNetConfig
 
 
@@ -42,19 +42,17 @@ def machine_info() -> dict:
 def fast_rate(model: WaveNet, batch: int, seconds: float) -> float:
     """Samples/s (all streams together) of the incremental path in steady state: the best of
     three windows of seconds/3, as timeit does, since a shared 2-core VM is noisy."""
-    state = IncrementalState.zeros(model, batch)
-    stepper = FastStepper(model)
-    bias = StepBias(model, batch, None, None).at(0)
+    step = fast_step(model, silence_context(model, batch)[:, -1:])
     g = torch.Generator().manual_seed(0)
     x = silence_context(model, batch)[:, -1]
     for _ in range(20):  # warm-up: first calls allocate and pick kernels
-        x = model.dist.sample(stepper.step(state, x, bias), 1.0, g)
+        x = model.dist.sample(step(x), 1.0, g)
     best = 0.0
     for _ in range(3):
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 3:
             for _ in range(50):
-                x = model.dist.sample(stepper.step(state, x, bias), 1.0, g)
+                x = model.dist.sample(step(x), 1.0, g)
             steps += 50
         best = max(best, steps * batch / (time.perf_counter() - start))
     return best
@@ -64,12 +62,12 @@ def fast_rate(model: WaveNet, batch: int, seconds: float) -> float:
 def naive_rate(model: WaveNet, batch: int, steps: int) -> float:
     """Samples/s of the reference path: a forward over one receptive field per sample."""
     g = torch.Generator().manual_seed(0)
-    window = silence_context(model, batch)
-    model(window)
+    context = silence_context(model, batch)
+    step = naive_step(model, context)
+    x = model.dist.sample(step(context[:, -1]), 1.0, g)  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
-        x = model.dist.sample(model(window)[:, :, -1], 1.0, g)
-        window = torch.cat([window[:, 1:], x[:, None]], dim=1)
+        x = model.dist.sample(step(x), 1.0, g)
     return steps * batch / (time.perf_counter() - start)
 
 

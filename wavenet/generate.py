@@ -75,10 +75,8 @@ class StepBias:
         n_layers, two_g = len(model.layers), 2 * model.cfg.gate_channels
         base = torch.stack([layer.dilated.bias for layer in model.layers])  # (L, 2G)
         base = base.expand(batch, n_layers, two_g)
-        if model.cfg.n_speakers:
-            if speaker is None:
-                raise UserError("this model is multi-speaker: give a speaker")
-            voice = model.speaker_proj(model.speaker_embed(speaker))  # (B, L·2G)
+        voice = model.speaker_term(speaker)  # (B, L·2G) or None
+        if voice is not None:
             base = base + voice.view(batch, n_layers, two_g)
         self.base = base.contiguous()
         self.static = self.base.unbind(1)  # per-layer views, made once
@@ -90,7 +88,7 @@ class StepBias:
             return self.static
         start = t - t % self.chunk
         if start != self._start:
-            local = self.model.mel_proj(self.cond[:, :, start:start + self.chunk])  # (B, L·2G, C)
+            local = self.model.mel_term(self.cond[:, :, start:start + self.chunk])  # (B, L·2G, C)
             b, _, c = local.shape
             block = local.view(b, *self.base.shape[1:], c).permute(0, 3, 1, 2)
             self._block = (block + self.base[:, None]).contiguous()  # (B, C, L, 2G)
@@ -224,16 +222,16 @@ def generate(
         context = silence_context(model, batch_size)
     cond = full_conditioning(model, context.shape[1], mel)
     if method == "fast":
-        step = _fast_step(model, context, speaker, cond)
+        step = fast_step(model, context, speaker, cond)
     elif method == "naive":
-        step = _naive_step(model, context, speaker, cond)
+        step = naive_step(model, context, speaker, cond)
     else:
         raise UserError(f"method={method!r}: use fast or naive")
     return _sample_loop(model, step, context[:, -1], length, temperature, generator,
                         return_params, on_samples)
 
 
-def _fast_step(model, context, speaker, cond):
+def fast_step(model, context, speaker=None, cond=None):
     """step(x) for the incremental path, its state loaded with the context."""
     p = context.shape[1]
     state = IncrementalState.zeros(model, context.shape[0], context.device)
@@ -245,7 +243,7 @@ def _fast_step(model, context, speaker, cond):
     return lambda x: stepper.step(state, x, bias.at(state.t + 1))
 
 
-def _naive_step(model, context, speaker, cond):
+def naive_step(model, context, speaker=None, cond=None):
     """step(x) for the reference path: a forward pass over the newest receptive field."""
     rf = model.receptive_field
     # The last output of a forward over the newest RF inputs sees exactly the receptive field;

@@ -174,17 +174,26 @@ class WaveNet(nn.Module):
         Returns:
             (B, layers·2G, T or 1), or None for an unconditioned model.
         """
-        out = None
-        if self.cfg.n_speakers:
-            if speaker is None:
-                raise UserError("this model is multi-speaker: give a speaker")
-            out = self.speaker_proj(self.speaker_embed(speaker))[:, :, None]
-        if self.cfg.mel is not None:
-            if cond is None:
-                raise UserError("this model is a vocoder: give mel features")
-            local = self.mel_proj(cond)
-            out = local if out is None else out + local
-        return out
+        voice, local = self.speaker_term(speaker), self.mel_term(cond)
+        if voice is None:
+            return local
+        return voice[:, :, None] if local is None else voice[:, :, None] + local
+
+    def speaker_term(self, speaker: torch.Tensor | None) -> torch.Tensor | None:
+        """(B,) speaker ids -> (B, layers·2G), or None for a model without speakers."""
+        if not self.cfg.n_speakers:
+            return None
+        if speaker is None:
+            raise UserError("this model is multi-speaker: give a speaker")
+        return self.speaker_proj(self.speaker_embed(speaker))
+
+    def mel_term(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """Upsampled features (B, n_mels, T) -> (B, layers·2G, T), or None without mel."""
+        if self.cfg.mel is None:
+            return None
+        if cond is None:
+            raise UserError("this model is a vocoder: give mel features")
+        return self.mel_proj(cond)
 
     def forward(self, x: torch.Tensor, speaker: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None,
