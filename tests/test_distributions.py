@@ -62,7 +62,7 @@ def test_loss_matches_a_direct_computation():
 def test_samples_follow_the_mixture():
     row = torch.tensor([0.3, -0.2, 0.0, -0.5, 0.1, 0.6, -3.0, -2.5, -3.5])  # 3 components
     n = 20000
-    samples = MOL.sample(row.expand(n, -1), 1.0, torch.Generator().manual_seed(0))
+    samples = MOL.sample(row.expand(n, -1), 1.0, generator=torch.Generator().manual_seed(0))
     probs = all_bin_log_probs(row[None])[0].double().exp()
     edges = np.linspace(0, 65536, 41).astype(int)  # 40 coarse bins over the level grid
     expected = np.array([probs[a:b].sum().item()
@@ -76,7 +76,7 @@ def test_samples_follow_the_mixture():
 
 def test_categorical_samples_follow_softmax():
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]])
-    draws = MuLawCategorical(4).sample(logits.expand(20000, -1), 1.0,
+    draws = MuLawCategorical(4).sample(logits.expand(20000, -1), 1.0, generator=
                                        torch.Generator().manual_seed(0))
     observed = np.bincount(draws.numpy(), minlength=4)
     expected = torch.softmax(logits[0].double(), 0).numpy() * 20000

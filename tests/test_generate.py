@@ -1,13 +1,22 @@
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
+import wavenet.generate as generate_module
+from wavenet import native
 from wavenet.features import MelConfig
 from wavenet.generate import (
-    FastStepper,
+    METHODS,
     IncrementalState,
+    IncrementalStepper,
     StepBias,
     full_conditioning,
     generate,
+    resolve_method,
     silence_context,
 )
 from wavenet.model import WaveNet, WaveNetConfig
@@ -44,15 +53,16 @@ def random_context(model: WaveNet, batch: int, length: int, g: torch.Generator):
     return model.dist.encode(torch.rand(batch, length, generator=g) * 1.6 - 0.8)
 
 
+@pytest.mark.parametrize("method", ["fast", "incremental"])
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("prime_length", [None, 1, 7, 60])
-def test_fast_generation_equals_teacher_forced_forward(variant, prime_length):
+def test_fast_generation_equals_teacher_forced_forward(variant, prime_length, method):
     model = tiny(**VARIANTS[variant])
     g = torch.Generator().manual_seed(1)
     context = None if prime_length is None else random_context(model, 3, prime_length, g)
     speaker, mel = conditioning(model, 3)
     values, params = generate(model, 48, context, batch_size=3, generator=g, return_params=True,
-                              speaker=speaker, mel=mel)
+                              speaker=speaker, mel=mel, method=method)
     if context is None:
         context = silence_context(model, 3)
     p = context.shape[1]
@@ -64,18 +74,52 @@ def test_fast_generation_equals_teacher_forced_forward(variant, prime_length):
     assert values.shape == (3, 48) and not torch.equal(values[0], values[1])
 
 
+def test_fast_means_the_compiled_step_where_a_compiler_exists():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here: fast falls back to incremental (tested below)")
+    assert resolve_method(tiny(), "fast") == "native", native.unavailable_reason()
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_fast_and_naive_paths_draw_the_same_samples(variant):
+def test_all_methods_draw_the_same_samples(variant, batch):
     model = tiny(**VARIANTS[variant])
-    speaker, mel = conditioning(model, 2)
-    fast = generate(model, 40, batch_size=2, generator=torch.Generator().manual_seed(5),
-                    speaker=speaker, mel=mel)
-    naive = generate(model, 40, batch_size=2, generator=torch.Generator().manual_seed(5),
-                     speaker=speaker, mel=mel, method="naive")
-    if model.dist.continuous_input:  # at most one 16-bit level apart (rounding at a bin edge)
-        assert (fast - naive).abs().max() <= 2.0 / 65535 + 1e-7
+    speaker, mel = conditioning(model, batch)
+    prime = random_context(model, batch, 20, torch.Generator().manual_seed(2))
+    draws = {method: generate(model, 40, prime, generator=torch.Generator().manual_seed(5),
+                              speaker=speaker, mel=mel, method=method, threads=2)
+             for method in METHODS}
+    for method in ("fast", "incremental"):
+        if model.dist.continuous_input:  # at most one 16-bit level apart (rounding at a bin edge)
+            assert (draws[method] - draws["naive"]).abs().max() <= 2.0 / 65535 + 1e-7
+        else:
+            assert torch.equal(draws[method], draws["naive"])
+
+
+def test_without_the_compiled_step_fast_falls_back_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("WAVENET_NATIVE", "0")
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(generate_module, "_warned", [])
+    model = tiny()
+    assert resolve_method(model, "fast") == "incremental"
+    assert "WAVENET_NATIVE=0" in caplog.text
+    a = generate(model, 30, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.delenv("WAVENET_NATIVE")
+    assert torch.equal(a, generate(model, 30, generator=torch.Generator().manual_seed(1)))
+
+
+def test_the_compiled_step_builds_into_the_cache_folder(tmp_path):
+    code = ("from wavenet import native; lib = native.library(); "
+            "print(lib is not None, native.unavailable_reason())")
+    env = {**os.environ, "WAVENET_CACHE": str(tmp_path)}
+    env.pop("WAVENET_NATIVE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    if shutil.which("c++") or shutil.which("g++"):
+        assert out.startswith("True") and list((tmp_path / "native").glob("fast_step-*.so"))
     else:
-        assert torch.equal(fast, naive)
+        assert out.startswith("False")
 
 
 def test_vocoder_length_follows_the_mel_frames():
@@ -101,7 +145,7 @@ def test_priming_in_one_pass_equals_stepping_through_the_prime(variant):
     filled = IncrementalState.zeros(model, 2)
     filled.fill_from_history(model, prime, speaker, None if cond is None else cond[:, :, 1:46])
     stepped = IncrementalState.zeros(model, 2)
-    stepper, bias = FastStepper(model), StepBias(model, 2, speaker, cond)
+    stepper, bias = IncrementalStepper(model), StepBias(model, 2, speaker, cond)
     with torch.no_grad():
         for t in range(prime.shape[1]):
             stepper.step(stepped, prime[:, t], bias.at(t + 1))

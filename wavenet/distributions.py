@@ -24,10 +24,28 @@ from wavenet.audio import class_entropy_bits, mu_law_decode, mu_law_encode
 from wavenet.errors import UserError
 
 
+def inverse_cdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Draw from softmax(logits) (B, N) with uniforms u (B,): the first index whose running sum
+    of exp(logit - max) exceeds u times the total. One uniform per draw, so the compiled
+    generation step (csrc/fast_step.cpp) draws the same index from the same u."""
+    weights = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
+    cdf = weights.cumsum(dim=-1)
+    index = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
+    return index.squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def _uniforms(noise, batch, count, generator, device):
+    """The (B, count) uniforms of one draw: given by the caller, or drawn here."""
+    if noise is not None:
+        return noise
+    return torch.rand(batch, count, generator=generator, device=device)
+
+
 class MuLawCategorical:
     """256-way (or 2^n) softmax over mu-law classes."""
 
     continuous_input = False
+    noise_per_sample = 1  # uniforms per draw
 
     def __init__(self, classes: int = 256):
         self.classes = classes
@@ -48,12 +66,16 @@ class MuLawCategorical:
         return F.cross_entropy(params.float(), targets, reduction=reduction)
 
     def sample(self, params: torch.Tensor, temperature: float,
+               noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """params (B, Q) -> (B,) classes; temperature 0 is greedy."""
+        """params (B, Q) -> (B,) classes; temperature 0 is greedy.
+
+        noise: (B, 1) uniforms to draw with; None draws them from `generator`.
+        """
         if temperature == 0:
             return params.argmax(dim=-1)
-        probs = torch.softmax(params.float() / temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        u = _uniforms(noise, params.shape[0], 1, generator, params.device)
+        return inverse_cdf(params.float() / temperature, u[:, 0])
 
     def histogram_entropy_bits(self, targets: torch.Tensor) -> float:
         return class_entropy_bits(targets.cpu().numpy(), self.classes)
@@ -68,6 +90,7 @@ class DiscretizedLogisticMixture:
     """
 
     continuous_input = True
+    noise_per_sample = 2  # uniforms per draw: the component, then the logistic
 
     def __init__(self, mixtures: int = 10, bits: int = 16, log_scale_min: float = -7.0):
         self.mixtures = mixtures
@@ -121,22 +144,23 @@ class DiscretizedLogisticMixture:
         return -(lp.mean() if reduction == "mean" else lp.sum())
 
     def sample(self, params: torch.Tensor, temperature: float,
+               noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """params (B, 3K) -> (B,) amplitudes on the PCM grid.
 
         Temperature scales the component logits and each logistic's scale; 0 takes the most
-        likely component's mean.
+        likely component's mean. noise: (B, 2) uniforms to draw with; None draws them from
+        `generator`.
         """
         logits, means, log_scales = self.split(params)
         if temperature == 0:
             k = logits.argmax(dim=1, keepdim=True)
             return self.quantize(means.gather(1, k).squeeze(1))
-        probs = torch.softmax(logits / temperature, dim=1)
-        k = torch.multinomial(probs, 1, generator=generator)
+        u = _uniforms(noise, params.shape[0], 2, generator, params.device)
+        k = inverse_cdf(logits / temperature, u[:, 0])[:, None]
         mean = means.gather(1, k).squeeze(1)
         scale = torch.exp(log_scales.gather(1, k).squeeze(1)) * temperature
-        u = torch.rand(mean.shape, generator=generator, device=mean.device)
-        u = u.clamp(1e-5, 1 - 1e-5)
+        u = u[:, 1].clamp(1e-5, 1 - 1e-5)
         return self.quantize(mean + scale * (torch.log(u) - torch.log1p(-u)))
 
     def histogram_entropy_bits(self, targets: torch.Tensor) -> float:

@@ -13,7 +13,9 @@ the conditioning of sample t+1.
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,41 +26,65 @@ import torch.nn.functional as F
 from wavenet.errors import UserError
 from wavenet.features import silence_frames
 from wavenet.model import WaveNet
+from wavenet.native import NativeStepper, library, unavailable_reason
+
+log = logging.getLogger(__name__)
+METHODS = ("fast", "incremental", "naive")
+NOISE_BLOCK = 1024  # steps of uniforms drawn at a time; every method draws the same ones
 
 
 @dataclass
 class IncrementalState:
     """Per-layer ring buffers of past layer inputs plus the time index of the next input.
 
-    buffers[i]: (B, R, (k-1)·d_i); the input of time s sits in slot s mod (k-1)·d_i.
+    buffers[i]: (B, R, (k-1)·d_i); the input of time s sits in slot s mod (k-1)·d_i. The buffers
+    are views into one `storage` (B, Σ(k-1)·d_i·R) with time-major strides, so that one time
+    slot is R contiguous floats: the layout the compiled step reads.
     """
 
     buffers: list[torch.Tensor]
+    storage: torch.Tensor
     t: int = 0
 
     @classmethod
     def zeros(cls, model: WaveNet, batch_size: int, device=None) -> IncrementalState:
         cfg = model.cfg
         device = device or next(model.parameters()).device
-        return cls([
-            torch.zeros(batch_size, cfg.residual_channels, (cfg.kernel_size - 1) * d, device=device)
-            for d in cfg.dilations
-        ])
+        r = cfg.residual_channels
+        spans = [(cfg.kernel_size - 1) * d for d in cfg.dilations]
+        storage = torch.zeros(batch_size, sum(spans) * r, device=device)
+        buffers, offset = [], 0
+        for span in spans:
+            block = storage[:, offset * r:(offset + span) * r]
+            buffers.append(block.view(batch_size, span, r).transpose(1, 2))
+            offset += span
+        return cls(buffers, storage)
 
+    @torch.no_grad()
     def fill_from_history(self, model: WaveNet, history: torch.Tensor,
                           speaker: torch.Tensor | None = None,
                           cond: torch.Tensor | None = None) -> None:
         """Load the state as if `history` (B, P) had been stepped through, in one forward pass.
 
+        Only the last receptive field (minus one) of inputs reaches the state, so only that is
+        run, and streams that share the first stream's history and conditioning (a batch
+        started from silence) are run once.
+
         cond: (B, n_mels, P) conditioning of samples 1..P (vocoders).
         """
+        n = history.shape[1]
+        start = max(0, n - (model.receptive_field - 1))
+        history = history[:, start:]
+        cond = None if cond is None else cond[:, :, start:]
+        inputs = (history, speaker, cond)
+        if all(x is None or torch.equal(x, x[:1].expand_as(x)) for x in inputs):
+            history, speaker, cond = (None if x is None else x[:1] for x in inputs)
         layer_inputs: list[torch.Tensor] = []
         model(history, speaker, cond, layer_inputs=layer_inputs)
-        n = history.shape[1]
         for buf, h in zip(self.buffers, layer_inputs, strict=True):
             span = buf.shape[2]
-            times = torch.arange(max(0, n - span), n, device=buf.device)
-            buf[:, :, times % span] = h[:, :, times]
+            times = torch.arange(max(0, h.shape[2] - span), h.shape[2], device=buf.device)
+            buf[:, :, (times + start) % span] = h[:, :, times]  # broadcast over shared streams
         self.t = n
 
 
@@ -82,10 +108,8 @@ class StepBias:
         self.static = self.base.unbind(1)  # per-layer views, made once
         self._start, self._block = -1, None
 
-    def at(self, t: int) -> tuple[torch.Tensor, ...]:
-        """Each layer's (B, 2G) input for the prediction of sample t."""
-        if self.cond is None:
-            return self.static
+    def _load(self, t: int) -> int:
+        """Make sure the block holding step t is projected; return its first step."""
         start = t - t % self.chunk
         if start != self._start:
             local = self.model.mel_term(self.cond[:, :, start:start + self.chunk])  # (B, L·2G, C)
@@ -93,11 +117,31 @@ class StepBias:
             block = local.view(b, *self.base.shape[1:], c).permute(0, 3, 1, 2)
             self._block = (block + self.base[:, None]).contiguous()  # (B, C, L, 2G)
             self._start = start
+        return start
+
+    def at(self, t: int) -> tuple[torch.Tensor, ...]:
+        """Each layer's (B, 2G) input for the prediction of sample t."""
+        if self.cond is None:
+            return self.static
+        start = self._load(t)
         return self._block[:, t - start].unbind(1)
 
+    def window(self, t: int) -> tuple[torch.Tensor, int, int]:
+        """The inputs from the prediction of sample t on, for the compiled step.
 
-class FastStepper:
-    """Weights of a WaveNet rearranged once for per-sample steps.
+        Returns:
+            (B, L, 2G) view of step t's inputs, the element stride from one step to the next
+            (0 when constant), and how many steps from t that view covers.
+        """
+        if self.cond is None:
+            return self.base, 0, sys.maxsize
+        start = self._load(t)
+        return self._block[:, t - start], self._block.stride(1), start + self.chunk - t
+
+
+class IncrementalStepper:
+    """Weights of a WaveNet rearranged once for per-sample steps in PyTorch: the incremental
+    reference that the compiled step is checked against, and the path on GPUs.
 
     In the step, T = 1 is squeezed away: activations are (B, C) rows so that each layer is two
     addmm calls. Ring buffers keep the (B, C, T) layout, T being the buffer's time slots.
@@ -194,6 +238,7 @@ def generate(
     speaker: torch.Tensor | None = None,
     mel: torch.Tensor | None = None,
     method: str = "fast",
+    threads: int | None = None,
 ):
     """Generate new samples per stream.
 
@@ -208,9 +253,11 @@ def generate(
             (B, n): for progress bars and streaming output.
         speaker: (B,) speaker ids (multi-speaker models).
         mel: (B, n_mels, F) log-mel frames of the audio to make (vocoders).
-        method: "fast" (incremental, O(layers) per sample) or "naive" (the reference: a full
-            forward pass over the last receptive field for every sample). Both draw the same
-            samples for the same generator.
+        method: "fast" (the compiled step on the CPU; elsewhere, or without a C++ compiler,
+            "incremental"), "incremental" (ring buffers, O(layers) per sample, in PyTorch) or
+            "naive" (the reference: a forward pass over the last receptive field per sample).
+            All draw the same samples for the same generator.
+        threads: CPU threads of the compiled step (default: torch.get_num_threads()).
     Returns:
         values (B, length) (classes, or amplitudes for "mol"), and the parameters if asked.
     """
@@ -221,26 +268,55 @@ def generate(
     if context is None:
         context = silence_context(model, batch_size)
     cond = full_conditioning(model, context.shape[1], mel)
-    if method == "fast":
-        step = fast_step(model, context, speaker, cond)
-    elif method == "naive":
-        step = naive_step(model, context, speaker, cond)
-    else:
-        raise UserError(f"method={method!r}: use fast or naive")
-    return _sample_loop(model, step, context[:, -1], length, temperature, generator,
+    loop = make_loop(model, context, speaker, cond, method,
+                     threads or torch.get_num_threads())
+    return _sample_loop(model, loop, context[:, -1], length, temperature, generator,
                         return_params, on_samples)
 
 
-def fast_step(model, context, speaker=None, cond=None):
-    """step(x) for the incremental path, its state loaded with the context."""
+def resolve_method(model: WaveNet, method: str) -> str:
+    """The method that will run: "fast" becomes "native" where the compiled step can run."""
+    if method not in METHODS:
+        raise UserError(f"method={method!r}: use one of {', '.join(METHODS)}")
+    if method != "fast":
+        return method
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        return "incremental"  # the compiled step is for CPU float32
+    if library() is None:
+        if not _warned:
+            _warned.append(True)
+            log.warning("compiled generation step unavailable (%s); using the PyTorch "
+                        "incremental path, which is slower and draws the same samples",
+                        unavailable_reason())
+        return "incremental"
+    return "native"
+
+
+_warned: list[bool] = []
+
+
+def make_loop(model, context, speaker=None, cond=None, method="fast", threads=1):
+    """The stepping loop of a method, loaded with the context: see `StepLoop.advance`."""
+    method = resolve_method(model, method)
+    if method == "naive":
+        return StepLoop(model, naive_step(model, context, speaker, cond))
     p = context.shape[1]
     state = IncrementalState.zeros(model, context.shape[0], context.device)
     if p > 1:
         state.fill_from_history(model, context[:, :-1], speaker,
                                 None if cond is None else cond[:, :, 1:p])
-    stepper = FastStepper(model)
+    stepper = IncrementalStepper(model)
     bias = StepBias(model, context.shape[0], speaker, cond)
-    return lambda x: stepper.step(state, x, bias.at(state.t + 1))
+    if method == "native":
+        return NativeLoop(NativeStepper(model, stepper), state, bias, threads)
+    return StepLoop(model, lambda x: stepper.step(state, x, bias.at(state.t + 1)))
+
+
+def incremental_step(model, context, speaker=None, cond=None):
+    """step(x) -> parameters for the PyTorch incremental path, its state loaded with the
+    context (used to check it against the teacher-forced forward)."""
+    return make_loop(model, context, speaker, cond, "incremental").step
 
 
 def naive_step(model, context, speaker=None, cond=None):
@@ -262,21 +338,75 @@ def naive_step(model, context, speaker=None, cond=None):
     return step
 
 
-def _sample_loop(model, step, last, length, temperature, generator, return_params, on_samples):
-    """Shared draw loop: step(x (B,)) -> parameters (B, P) of the next sample."""
-    out = torch.empty(last.shape[0], length, dtype=last.dtype, device=last.device)
-    all_params = [] if return_params else None
-    x = last
-    reported, tick = 0, time.monotonic()
-    for i in range(length):
-        params = step(x)
-        x = model.dist.sample(params, temperature, generator)
-        out[:, i] = x
-        if all_params is not None:
-            all_params.append(params)
-        if on_samples is not None and (time.monotonic() - tick > 0.25 or i == length - 1):
-            on_samples(out[:, reported:i + 1])
-            reported, tick = i + 1, time.monotonic()
+class StepLoop:
+    """Steps driven from Python: step(x) -> parameters, then the distribution's draw."""
+
+    def __init__(self, model: WaveNet, step: Callable[[torch.Tensor], torch.Tensor]):
+        self.dist, self.step = model.dist, step
+
+    def advance(self, x: torch.Tensor, noise: torch.Tensor, out: torch.Tensor,
+                params_out: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        """Feed x (B,) and draw out.shape[1] samples into out (B, n), using the uniforms
+        noise (B, n, k) and writing the parameters to params_out (B, P, n) if given.
+        Returns the last sample (B,)."""
+        for j in range(out.shape[1]):
+            params = self.step(x)
+            x = self.dist.sample(params, temperature, noise[:, j])
+            out[:, j] = x
+            if params_out is not None:
+                params_out[:, :, j] = params
+        return x
+
+
+class NativeLoop:
+    """Steps run by the compiled step (wavenet/csrc/fast_step.cpp), many per call."""
+
+    def __init__(self, native: NativeStepper, state: IncrementalState, bias: StepBias,
+                 threads: int):
+        self.native, self.state, self.bias, self.threads = native, state, bias, threads
+
+    def advance(self, x, noise, out, params_out, temperature):
+        """As `StepLoop.advance`."""
+        x = x.to(torch.float32, copy=True).contiguous()  # the step overwrites it
+        values = torch.empty(out.shape)
+        done, n = 0, out.shape[1]
+        while done < n:
+            bias, bias_step, available = self.bias.window(self.state.t + 1)
+            m = min(n - done, available)
+            self.native.run(self.state.t, x, self.state.storage, bias, bias_step,
+                            noise[:, done:done + m], values[:, done:done + m],
+                            None if params_out is None else params_out[:, :, done:done + m],
+                            temperature, self.threads)
+            self.state.t += m
+            done += m
+        out.copy_(values)
+        return out[:, -1]
+
+
+def _sample_loop(model, loop, last, length, temperature, generator, return_params, on_samples):
+    """Shared draw loop, in chunks sized to about a quarter second each so that `on_samples`
+    streams at a steady pace whatever the speed. Uniforms are drawn NOISE_BLOCK steps at a
+    time, so every method consumes the generator identically."""
+    batch, device = last.shape[0], last.device
+    out = torch.empty(batch, length, dtype=last.dtype, device=device)
+    params = (torch.empty(batch, model.dist.num_params, length, device=device)
+              if return_params else None)
+    x, done, chunk, reported, tick = last, 0, 1, 0, time.monotonic()
+    while done < length:
+        offset = done % NOISE_BLOCK
+        if offset == 0:
+            noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,
+                               generator=generator, device=device)
+        n = min(chunk, length - done, NOISE_BLOCK - offset)
+        start = time.monotonic()
+        x = loop.advance(x, noise[:, offset:offset + n], out[:, done:done + n],
+                         None if params is None else params[:, :, done:done + n], temperature)
+        done += n
+        elapsed = max(time.monotonic() - start, 1e-6)
+        chunk = max(1, min(NOISE_BLOCK, int(n * 0.25 / elapsed)))
+        if on_samples is not None and (time.monotonic() - tick > 0.25 or done == length):
+            on_samples(out[:, reported:done])
+            reported, tick = done, time.monotonic()
     if return_params:
-        return out, torch.stack(all_params, dim=2)
+        return out, params
     return out

@@ -1,0 +1,201 @@
+"""The compiled generation step (csrc/fast_step.cpp): built on first use, loaded with ctypes.
+
+The library is compiled once per machine with the system's C++ compiler (about a second) and
+cached under `$WAVENET_CACHE` (default ~/.cache/wavenet). Without a compiler, or with
+WAVENET_NATIVE=0, `library()` is None and generation uses the PyTorch incremental path, which
+draws the same samples.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "fast_step.cpp"
+PANEL = 16  # output columns per packed weight panel, as in the C++ source
+ABI_VERSION = 1
+
+_c_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+class Net(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "layers", "kernel_size", "residual", "gate", "skip", "params", "continuous_input",
+        "mixtures")] + [(name, ctypes.c_float) for name in (
+            "skip_scale", "log_scale_min", "levels")] + [
+        ("dilations", ctypes.POINTER(ctypes.c_int32))] + [(name, _c_float_p) for name in (
+            "embed", "conv_w", "out_w", "out_b", "head1_w", "head1_b", "head2_w", "head2_b")]
+
+
+class Run(ctypes.Structure):
+    _fields_ = [("batch", ctypes.c_int32), ("steps", ctypes.c_int32),
+                ("threads", ctypes.c_int32), ("t", ctypes.c_int64),
+                ("temperature", ctypes.c_float), ("x", _c_float_p), ("ring", _c_float_p),
+                ("ring_stride", ctypes.c_int64), ("bias", _c_float_p),
+                ("bias_b", ctypes.c_int64), ("bias_step", ctypes.c_int64),
+                ("noise", _c_float_p), ("noise_b", ctypes.c_int64),
+                ("noise_step", ctypes.c_int64), ("out", _c_float_p), ("out_b", ctypes.c_int64),
+                ("params_out", _c_float_p), ("params_b", ctypes.c_int64),
+                ("params_c", ctypes.c_int64)]
+
+
+_state: dict = {}
+
+
+def unavailable_reason() -> str | None:
+    """Why the compiled step can't be used here, or None if it can."""
+    library()
+    return _state.get("why")
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled step, built on first use; None where it can't be built."""
+    if "lib" not in _state:
+        _state["lib"], _state["why"] = None, None
+        if os.environ.get("WAVENET_NATIVE", "1") == "0":
+            _state["why"] = "WAVENET_NATIVE=0"
+        else:
+            try:
+                lib = ctypes.CDLL(str(_build()))
+                lib.wavenet_run.argtypes = [ctypes.POINTER(Net), ctypes.POINTER(Run)]
+                if lib.wavenet_abi_version() != ABI_VERSION:
+                    raise OSError("stale build")
+                _state["lib"] = lib
+            except (OSError, subprocess.SubprocessError) as e:
+                _state["why"] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+    return _state["lib"]
+
+
+def _cpu_signature() -> str:
+    try:  # -march=native code is only good for this CPU model and its features
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "".join(x for x in lines if x.startswith(("model name", "flags", "Features")))
+    except OSError:
+        return platform.processor()
+
+
+def _build() -> Path:
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") \
+        or shutil.which("clang++")
+    if cxx is None:
+        raise OSError("no C++ compiler found (install g++ or set CXX)")
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    cache = Path(os.environ.get("WAVENET_CACHE", "~/.cache/wavenet")).expanduser() / "native"
+    base = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+    errors = []
+    for flags in (base + ["-march=native"], base):
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, *flags,
+                                        _cpu_signature()]).encode()).hexdigest()[:16]
+        target = cache / f"fast_step-{key}.so"
+        if target.exists():
+            return target
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        proc = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode == 0:
+            os.replace(tmp, target)  # atomic: concurrent builders each publish a whole file
+            return target
+        os.unlink(tmp)
+        errors.append(proc.stderr.strip() or f"{cxx} exited with {proc.returncode}")
+    raise OSError(f"building {SOURCE.name} failed: {errors[-1]}")
+
+
+def _pointer(t: torch.Tensor):
+    return ctypes.cast(t.data_ptr(), _c_float_p)
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """(K, N) -> panels of 16 columns, (⌈N/16⌉, K, 16) flattened, zero-padded."""
+    k, n = w.shape
+    full = torch.zeros(k, -(-n // PANEL) * PANEL)
+    full[:, :n] = w
+    return full.view(k, -1, PANEL).transpose(0, 1).flatten()
+
+
+def pad(v: torch.Tensor) -> torch.Tensor:
+    """A bias vector zero-padded to whole panels."""
+    out = torch.zeros(-(-v.numel() // PANEL) * PANEL)
+    out[:v.numel()] = v
+    return out
+
+
+class NativeStepper:
+    """A WaveNet's weights packed for the compiled step, and the calls that run it.
+
+    Built from the PyTorch incremental path's weight layout (`IncrementalStepper`), so both
+    compute the same function.
+    """
+
+    def __init__(self, model, reference):
+        cfg = model.cfg
+        dist = model.dist
+        self.lib = library()
+        self.num_params = dist.num_params
+        self.continuous = dist.continuous_input
+        embed = torch.cat([reference.in_w, reference.in_b]) if self.continuous \
+            else reference.embed
+        self._keep = {
+            "dilations": torch.tensor(cfg.dilations, dtype=torch.int32),
+            "embed": embed.float().contiguous(),
+            "conv_w": torch.cat([pack(w) for w in reference.conv_w]),
+            "out_w": torch.cat([pack(w) for w in reference.out_w]),
+            "out_b": torch.cat([pad(b) for b in reference.out_b]),
+            "head1_w": pack(reference.head1_w), "head1_b": pad(reference.head1_b),
+            "head2_w": pack(reference.head2_w), "head2_b": pad(reference.head2_b),
+        }
+        k = self._keep
+        mixtures = getattr(dist, "mixtures", 0)
+        self.net = Net(
+            layers=len(cfg.dilations), kernel_size=cfg.kernel_size,
+            residual=cfg.residual_channels, gate=cfg.gate_channels, skip=cfg.skip_channels,
+            params=dist.num_params, continuous_input=int(self.continuous), mixtures=mixtures,
+            skip_scale=model.skip_scale, log_scale_min=getattr(dist, "log_scale_min", 0.0),
+            levels=float(getattr(dist, "levels", 0)),
+            dilations=ctypes.cast(k["dilations"].data_ptr(), ctypes.POINTER(ctypes.c_int32)),
+            **{name: _pointer(k[name]) for name in (
+                "embed", "conv_w", "out_w", "out_b", "head1_w", "head1_b", "head2_w",
+                "head2_b")})
+
+    def run(self, t: int, x: torch.Tensor, ring: torch.Tensor, bias: torch.Tensor,
+            bias_step: int, noise: torch.Tensor, out: torch.Tensor,
+            params_out: torch.Tensor | None, temperature: float, threads: int) -> None:
+        """Run out.shape[1] steps from time t, in place.
+
+        Args:
+            x: (B,) float32 input of the first step; left holding the last sample.
+            ring: (B, ring size) all layers' ring buffers (`IncrementalState.storage`).
+            bias: (B, …) filter/gate inputs: stream b, step j, layer l at
+                b·bias.stride(0) + j·bias_step + l·2G.
+            noise: (B, steps, n) uniforms; out: (B, steps) float32;
+            params_out: optional (B, P, steps) view, any strides.
+        """
+        batch, steps = out.shape
+        for name, t_ in (("x", x), ("ring", ring), ("bias", bias), ("noise", noise),
+                         ("out", out)):
+            if t_.dtype != torch.float32 or t_.device.type != "cpu":
+                raise ValueError(f"native step: {name} must be a float32 CPU tensor")
+        if noise.stride(2) != 1 or out.stride(1) != 1 or not x.is_contiguous() \
+                or not ring.is_contiguous():
+            raise ValueError("native step: unsupported strides")
+        run = Run(batch=batch, steps=steps, threads=threads, t=t, temperature=temperature,
+                  x=_pointer(x), ring=_pointer(ring), ring_stride=ring.stride(0),
+                  bias=_pointer(bias), bias_b=bias.stride(0), bias_step=bias_step,
+                  noise=_pointer(noise), noise_b=noise.stride(0), noise_step=noise.stride(1),
+                  out=_pointer(out), out_b=out.stride(0),
+                  params_out=_pointer(params_out) if params_out is not None else None,
+                  params_b=params_out.stride(0) if params_out is not None else 0,
+                  params_c=params_out.stride(1) if params_out is not None else 0)
+        if params_out is not None and params_out.stride(2) != 1:
+            raise ValueError("native step: params_out must be contiguous in time")
+        self.lib.wavenet_run(ctypes.byref(self.net), ctypes.byref(run))
