@@ -23,5 +23,7 @@ def test_bench_reports_every_figure(tmp_path):
     row = report["results"][0]
     assert row["floor_samples_per_s"] > 0 and row["train_straightforward_samples_per_s"] > 0
     assert [g["batch"] for g in row["generation"]] == [1, 2]
-    assert row["generation"][0]["fraction_of_floor"] > 0
+    first = row["generation"][0]
+    assert first["fraction_of_floor"] > 0
+    assert first["fast"] > 0 and first["incremental"] > 0 and first["naive"] > 0
     assert report["machine"]["torch"]

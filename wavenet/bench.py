@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wavenet.config import BenchJob
-from wavenet.generate import fast_step, naive_step, silence_context
+from wavenet.generate import NOISE_BLOCK, make_loop, resolve_method, silence_context
 from wavenet.model import WaveNet, WaveNetConfig
+from wavenet.native import PANEL, library, pack, unavailable_reason
 
 
 def machine_info() -> dict:
@@ -35,58 +37,80 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "native_step": ("built" if library() is not None
+                        else f"unavailable ({unavailable_reason()})"),
     }
 
 
 @torch.no_grad()
-def fast_rate(model: WaveNet, batch: int, seconds: float) -> float:
-    """Samples/s (all streams together) of the incremental path in steady state: the best of
-    three windows of seconds/3, as timeit does, since a shared 2-core VM is noisy."""
-    step = fast_step(model, silence_context(model, batch)[:, -1:])
-    g = torch.Generator().manual_seed(0)
-    x = silence_context(model, batch)[:, -1]
-    for _ in range(20):  # warm-up: first calls allocate and pick kernels
-        x = model.dist.sample(step(x), 1.0, g)
+def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
+                    seconds: float = 3.0, steps: int | None = None) -> float:
+    """Samples/s (all streams together) of one generation method in steady state, sampling
+    included, priming excluded. With `steps`, those steps timed once (for the slow naive path);
+    otherwise the best of three windows of seconds/3, as timeit does, since a shared 2-core VM
+    is noisy."""
+    context = silence_context(model, batch)
+    loop = make_loop(model, context, method=method, threads=threads)
+    x = context[:, -1]
+    noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,
+                       generator=torch.Generator().manual_seed(0))
+    out = torch.empty(batch, NOISE_BLOCK, dtype=x.dtype)
+
+    def run(n: int) -> float:
+        nonlocal x
+        done, start = 0, time.perf_counter()
+        while done < n:
+            m = min(n - done, NOISE_BLOCK)
+            x = loop.advance(x, noise[:, :m], out[:, :m], None, 1.0)
+            done += m
+        return time.perf_counter() - start
+
+    if steps is not None:
+        run(1)  # warm-up
+        return steps * batch / run(steps)
+    n = 8
+    while run(n) < 0.05:  # warm-up and a window of about 50 ms
+        n *= 2
     best = 0.0
     for _ in range(3):
-        steps, start = 0, time.perf_counter()
+        count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 3:
-            for _ in range(50):
-                x = model.dist.sample(step(x), 1.0, g)
-            steps += 50
-        best = max(best, steps * batch / (time.perf_counter() - start))
+            run(n)
+            count += n
+        best = max(best, count * batch / (time.perf_counter() - start))
     return best
-
-
-@torch.no_grad()
-def naive_rate(model: WaveNet, batch: int, steps: int) -> float:
-    """Samples/s of the reference path: a forward over one receptive field per sample."""
-    g = torch.Generator().manual_seed(0)
-    context = silence_context(model, batch)
-    step = naive_step(model, context)
-    x = model.dist.sample(step(context[:, -1]), 1.0, g)  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        x = model.dist.sample(step(x), 1.0, g)
-    return steps * batch / (time.perf_counter() - start)
 
 
 @torch.no_grad()
 def floor_rate(n_params: int, seconds: float = 1.5) -> float:
     """Samples/s if one sample cost exactly one matrix-vector product over all weights (one
-    thread): the arithmetic floor of batch-1 generation. Best of three windows."""
-    cols = 512
-    w, v = torch.randn(max(1, n_params // cols), cols), torch.randn(cols)
-    for _ in range(20):
-        torch.mv(w, v)
+    thread): the floor of batch-1 generation. The faster of torch.mv and the compiled step's own
+    kernel; best of three windows."""
+    cols = 256
+    rows = max(1, n_params // cols)
+    w, v = torch.randn(rows, cols), torch.randn(cols)
+    candidates = {"torch.mv": lambda: torch.mv(w, v)}
+    lib = library()
+    if lib is not None:
+        packed, y = pack(w.t().contiguous()), torch.zeros(rows + PANEL)
+        ptr = ctypes.c_void_p
+
+        def native_mv():
+            lib.wavenet_gemm(ptr(v.data_ptr()), cols, 1, cols, ptr(packed.data_ptr()), rows,
+                             ptr(y.data_ptr()), rows + PANEL)
+
+        candidates["native"] = native_mv
     best = 0.0
-    for _ in range(3):
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
-            for _ in range(20):
-                torch.mv(w, v)
-            count += 20
-        best = max(best, count / (time.perf_counter() - start))
+    for fn in candidates.values():
+        for _ in range(20):
+            fn()
+        for _ in range(3):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 6:
+                for _ in range(20):
+                    fn()
+                count += 20
+            best = max(best, count / (time.perf_counter() - start))
     return best
 
 
@@ -151,14 +175,20 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dic
         for batch in job.batch_sizes:
             threads = 1 if batch == 1 else threads_default
             torch.set_num_threads(threads)
-            fast = fast_rate(model, batch, job.fast_seconds)
-            naive = naive_rate(model, batch, job.naive_steps)
-            row["generation"].append({"batch": batch, "threads": threads, "fast": fast,
-                                      "naive": naive, "speedup": fast / naive,
-                                      "fraction_of_floor": (fast / row["floor_samples_per_s"]
-                                                            if batch == 1 else None)})
-            print(f"{name} batch {batch} ({threads} thread(s)): fast {fast:,.0f} samples/s, "
-                  f"naive {naive:,.1f} samples/s ({fast / naive:,.0f}x)", flush=True)
+            rates = {method: generation_rate(model, batch, method, threads, job.fast_seconds)
+                     for method in ("fast", "incremental")}
+            rates["naive"] = generation_rate(model, batch, "naive", threads,
+                                             steps=job.naive_steps)
+            floor = row["floor_samples_per_s"]
+            row["generation"].append({
+                "batch": batch, "threads": threads, **rates,
+                "fast_method": resolve_method(model, "fast"),
+                "fast_over_naive": rates["fast"] / rates["naive"],
+                "fast_over_incremental": rates["fast"] / rates["incremental"],
+                "fraction_of_floor": rates["fast"] / floor if batch == 1 else None})
+            print(f"{name} batch {batch} ({threads} thread(s)): fast {rates['fast']:,.0f}, "
+                  f"incremental {rates['incremental']:,.0f}, naive {rates['naive']:,.1f} "
+                  "samples/s", flush=True)
         torch.set_num_threads(threads_default)
         torch.manual_seed(0)
         row["train_samples_per_s"] = train_rate(WaveNet(cfg), cfg, job.train_batch_size,
@@ -182,18 +212,23 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dic
 
 
 def format_table(report: dict) -> str:
-    """The results as a Markdown table, plus the machine line."""
-    lines = ["| model | params | receptive field | batch | threads | fast samples/s "
-             "| naive samples/s | fast / naive | fraction of floor |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The results as Markdown tables, plus the machine line."""
+    lines = ["| model | params | receptive field | batch | threads | naive | incremental "
+             "| fast | fast / naive | fast / incremental | fraction of floor |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["results"]:
         for g in row["generation"]:
             fraction = g.get("fraction_of_floor")
             lines.append(
                 f"| {row['model']} | {row['parameters']:,} | {row['receptive_field']} "
-                f"| {g['batch']} | {g['threads']} | {g['fast']:,.0f} | {g['naive']:,.1f} "
-                f"| {g['speedup']:,.0f}x | {'' if fraction is None else f'{fraction:.1%}'} |")
-    lines += ["", "| model | floor: one matvec over all weights, samples/s | train samples/s "
+                f"| {g['batch']} | {g['threads']} | {g['naive']:,.1f} | {g['incremental']:,.0f} "
+                f"| {g['fast']:,.0f} | {g['fast_over_naive']:,.0f}x "
+                f"| {g['fast_over_incremental']:.1f}x "
+                f"| {'' if fraction is None else f'{fraction:.0%}'} |")
+    lines += ["", "Generation in samples/s, all streams together. fast ran as: "
+              + ", ".join(sorted({g["fast_method"] for row in report["results"]
+                                  for g in row["generation"]})) + ".",
+              "", "| model | floor: one matvec over all weights, samples/s | train samples/s "
               "| straightforward implementation | ratio |", "|---|---:|---:|---:|---:|"]
     for row in report["results"]:
         ours, plain = row["train_samples_per_s"], row["train_straightforward_samples_per_s"]
@@ -201,5 +236,6 @@ def format_table(report: dict) -> str:
                      f"| {plain:,.0f} | {ours / plain:.2f}x |")
     m = report["machine"]
     lines.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}; "
-                 f"torch {m['torch']}, Python {m['python']}.")
+                 f"torch {m['torch']}, Python {m['python']}; compiled step: "
+                 f"{m['native_step']}.")
     return "\n".join(lines)

@@ -104,7 +104,9 @@ class SampleJob:
             synthesis), or a .npy array (frames, n_mels) of natural-log mel magnitudes computed
             as `wavenet.features.log_mel` does (hop, bands and rate as the checkpoint's).
         use_ema: use the EMA weights when the checkpoint has them.
-        method: "fast" (incremental, O(layers) per sample) or "naive" (full forward per sample).
+        method: "fast" (the compiled C++ step on the CPU; the PyTorch incremental path on a GPU
+            or without a C++ compiler), "incremental" (ring buffers, O(layers) per sample, in
+            PyTorch) or "naive" (a full forward pass per sample). All draw the same samples.
         out_dir: where files go; None uses the Hydra run folder.
         device, threads, progress: as in training.
     """
@@ -171,8 +173,8 @@ class BenchJob:
     Attributes:
         models: names of configs/model/*.yaml to measure.
         batch_sizes: generation batch sizes.
-        fast_seconds: wall time spent timing each fast-generation case.
-        naive_steps: samples timed for the naive path (it is slow).
+        fast_seconds: wall time spent timing each fast or incremental generation case.
+        naive_steps: steps timed for the naive path (it is slow).
         train_steps: training steps timed.
         train_batch_size: crops per timed training step.
         train_crop: predicted samples per crop in the timed training steps.
@@ -180,9 +182,9 @@ class BenchJob:
     """
 
     models: list[str] = field(default_factory=lambda: ["small", "base"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 32])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     fast_seconds: float = 3.0
-    naive_steps: int = 5
+    naive_steps: int = 3
     train_steps: int = 3
     train_batch_size: int = 4
     train_crop: int = 2000

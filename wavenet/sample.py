@@ -15,7 +15,7 @@ from wavenet.audio import AudioConfig, AudioError, load_for_training
 from wavenet.config import SampleJob
 from wavenet.errors import UserError
 from wavenet.features import log_mel, log_mel_distance_db
-from wavenet.generate import generate
+from wavenet.generate import METHODS, generate, resolve_method
 from wavenet.model import WaveNet
 from wavenet.plots import save_spectrogram
 from wavenet.runtime import progress_bar, resolve_device, set_threads
@@ -114,8 +114,8 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
     """Generate `job.n_samples` streams as one batch; returns the WAV paths written."""
     set_threads(job.threads)
     device = resolve_device(job.device)
-    if job.method not in ("fast", "naive"):
-        raise UserError(f"method={job.method!r}: use fast or naive")
+    if job.method not in METHODS:
+        raise UserError(f"method={job.method!r}: use one of {', '.join(METHODS)}")
     if job.n_samples < 1 or job.seconds <= 0:
         raise UserError("n_samples must be at least 1 and seconds positive")
     model, ckpt = checkpoint.load_model(job.checkpoint, job.use_ema, device)
@@ -142,7 +142,8 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
     print(f"generating {job.n_samples} x {length / rate:g} s at {rate} Hz from "
           f"{checkpoint.resolve(job.checkpoint)} (step {ckpt['step']}, "
           f"{'EMA' if job.use_ema and ckpt.get('ema') is not None else 'raw'} weights, "
-          f"{job.method} path, temperature {job.temperature:g}, seed {job.seed}"
+          f"{resolve_method(model, job.method)} path, temperature {job.temperature:g}, "
+          f"seed {job.seed}"
           + (f", speaker {job.speaker}" if speaker is not None else "")
           + (f", mel from {job.mel_from}" if mel is not None else "") + ")")
     paths = [out_dir / f"sample_{i:02d}.wav" for i in range(job.n_samples)]
