@@ -105,7 +105,7 @@ def test_loader_batches_do_not_depend_on_workers_or_restarts(tmp_path):
     ds = CropDataset(cache, [0, 1, 2], 100, seed=3)
 
     def batches(first_step, workers):
-        loader = DataLoader(ds, batch_size=4, sampler=StepSampler(first_step * 4, 12),
+        loader = DataLoader(ds, batch_size=4, sampler=StepSampler(first_step, 3, 4),
                             num_workers=workers)
         return list(loader)
 

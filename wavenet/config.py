@@ -18,7 +18,8 @@ class TrainConfig:
 
     Attributes:
         max_steps: optimizer steps in all (a resumed run continues up to this).
-        batch_size: crops per step.
+        batch_size: crops per step, over all processes (torchrun splits it evenly), so a run
+            resumes unchanged on another number of processes.
         lr: peak learning rate (Adam).
         final_lr: learning rate reached at max_steps by cosine decay; None keeps lr constant.
         warmup_steps: linear warm-up from 0 to lr.
@@ -38,6 +39,8 @@ class TrainConfig:
             refuses to overwrite a run folder that holds checkpoints.
         stop_at: stop (with a checkpoint) at this step without changing the schedule, to split a
             run into jobs under a cluster's time limit; resume with train.resume=auto.
+        max_bad_steps: steps in a row with a non-finite loss or gradient (each skipped with a
+            warning) before training stops.
         seed: seeds initialization and the crop sequence.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
         precision: "fp32" or "bf16" (autocast; for GPUs).
@@ -64,6 +67,7 @@ class TrainConfig:
     keep_last: int = 3
     resume: str | None = None
     stop_at: int | None = None
+    max_bad_steps: int = 5
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"

@@ -390,13 +390,19 @@ def file_item(cache: AudioCache, file_id: int, cond: Conditioning, start: int = 
 
 
 class StepSampler(torch.utils.data.Sampler):
-    """Crop numbers first, first+1, …: a batch's crops depend only on the step number."""
+    """Crop numbers of steps first_step, first_step+1, …: step s uses crops s·B … s·B+B-1 of
+    the global batch B, of which process `rank` of `world` takes its even share. A batch's
+    crops depend only on the step number, whatever the number of processes."""
 
-    def __init__(self, first: int, count: int):
-        self.first, self.count = first, max(0, count)
+    def __init__(self, first_step: int, steps: int, batch: int, rank: int = 0, world: int = 1):
+        self.first_step, self.steps = first_step, max(0, steps)
+        self.local = batch // world
+        self.batch, self.offset = batch, rank * self.local
 
     def __iter__(self):
-        return iter(range(self.first, self.first + self.count))
+        for step in range(self.first_step, self.first_step + self.steps):
+            start = step * self.batch + self.offset
+            yield from range(start, start + self.local)
 
     def __len__(self) -> int:
-        return self.count
+        return self.steps * self.local

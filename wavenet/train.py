@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
@@ -27,6 +29,7 @@ from wavenet.data import (
     speaker_labels,
     split_files,
 )
+from wavenet.distributed import World
 from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
@@ -87,6 +90,25 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+class TrainingForward(nn.Module):
+    """The training forward: upsample the mel frames (vocoders), then the model. One module, so
+    that DistributedDataParallel sees every parameter that gets a gradient."""
+
+    def __init__(self, model: WaveNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, speaker: torch.Tensor | None,
+                mel: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T) inputs, mel (B, n_mels, frames) -> parameters (B, P, T)."""
+        cond = self.model.upsampler(mel)[:, :, 1:] if mel is not None else None
+        return self.model(x, speaker, cond)
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
 class Trainer:
     """Holds the model, optimizer, EMA, data and bookkeeping of one training run."""
 
@@ -95,17 +117,32 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         set_threads(self.cfg.threads)
-        self.device = resolve_device(self.cfg.device)
+        self.world, self.device = World.join(resolve_device(self.cfg.device))
+        if self.cfg.batch_size % self.world.size:
+            raise UserError(f"train.batch_size={self.cfg.batch_size} is the batch over all "
+                            f"{self.world.size} processes: make it a multiple of that")
+        if not self.world.is_main:  # rank 0 speaks for the job
+            logging.getLogger("wavenet").setLevel(logging.WARNING)
         if self.cfg.keep_last < 1:
             raise UserError(f"train.keep_last={self.cfg.keep_last}: keep at least 1 checkpoint")
         if self.cfg.precision not in ("fp32", "bf16"):
             raise UserError(f"train.precision={self.cfg.precision!r}: use fp32 or bf16")
 
         self.rf = job.model.receptive_field
-        self._open_data()  # first: a multi-speaker model's size comes from the data
+        # First, as a multi-speaker model's size comes from the data. Rank 0 builds the cache
+        # while the others wait, then they open it.
+        if not self.world.is_main:
+            self.world.barrier()
+        self._open_data()
+        if self.world.is_main:
+            self.world.barrier()
         torch.manual_seed(self.cfg.seed)
         self.model = WaveNet(job.model).to(self.device)
-        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+        trained = TrainingForward(self.model)
+        if self.world.distributed:
+            trained = DistributedDataParallel(
+                trained, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(trained) if self.cfg.compile else trained
         opt_cls = torch.optim.AdamW if self.cfg.weight_decay else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.lr,
                                  betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
@@ -171,10 +208,11 @@ class Trainer:
                             "from the data")
 
     def _loader(self) -> DataLoader:
-        remaining = (self.cfg.max_steps - self.step) * self.cfg.batch_size
         workers = self.job.data.num_workers
-        return DataLoader(self.dataset, batch_size=self.cfg.batch_size,
-                          sampler=StepSampler(self.step * self.cfg.batch_size, remaining),
+        return DataLoader(self.dataset, batch_size=self.cfg.batch_size // self.world.size,
+                          sampler=StepSampler(self.step, self.cfg.max_steps - self.step,
+                                              self.cfg.batch_size, self.world.rank,
+                                              self.world.size),
                           num_workers=workers, persistent_workers=False,
                           pin_memory=self.device.type == "cuda", drop_last=True,
                           prefetch_factor=4 if workers else None)
@@ -199,13 +237,6 @@ class Trainer:
 
     def step_path(self) -> Path:
         return self.ckpt_dir / f"step-{self.step:08d}.pt"
-
-    def save(self) -> Path:
-        path = self.step_path()
-        checkpoint.save_atomic(self.state(), path)
-        for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last]:
-            old.unlink()
-        return path
 
     def restore(self, path: Path) -> None:
         ckpt = checkpoint.load(path, map_location=self.device)
@@ -254,28 +285,33 @@ class Trainer:
     def eval_model(self) -> WaveNet:
         return self.ema.module if self.ema is not None else self.model
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
         """One optimizer step on a batch of crops (audio (B, RF + N), speaker (B,), mel
-        (B, n_mels, frames)). Returns (loss in nats, gradient norm)."""
+        (B, n_mels, frames)). Returns the loss in nats (mean over all processes), the gradient
+        norm, and whether the step was taken: one with a non-finite loss or gradient is not."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         x = self.model.dist.encode(batch["audio"])
         self.model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                   enabled=self.cfg.precision == "bf16")
         with autocast:
-            cond = self.model.upsampler(batch["mel"])[:, :, 1:] if "mel" in batch else None
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
-            params = self.forward(x[:, :-1], batch.get("speaker"), cond)[:, :, self.rf - 1:]
+            params = self.forward(x[:, :-1], batch.get("speaker"),
+                                  batch.get("mel"))[:, :, self.rf - 1:]
         loss = self.model.dist.nll(params, x[:, self.rf:])
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP, gradients arrive averaged over the processes
         clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        loss_value = self.world.mean(loss.item(), self.device)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_value, grad_norm, False
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return loss.item(), float(grad_norm)
+        return loss_value, grad_norm, True
 
     def evaluate(self, writer) -> float:
         cfg = self.cfg
@@ -316,69 +352,113 @@ class Trainer:
     def fit(self) -> Path:
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg = self.cfg
+        cfg, main = self.cfg, self.world.is_main
         self.resume_or_start()
         if self.step >= cfg.max_steps:
             path = checkpoint.step_checkpoints(self.ckpt_dir)[-1]
-            print(f"already trained to step {self.step} (train.max_steps={cfg.max_steps}): "
-                  f"nothing to do; checkpoint: {path}")
+            if main:
+                print(f"already trained to step {self.step} (train.max_steps={cfg.max_steps}): "
+                      f"nothing to do; checkpoint: {path}")
             return path
-        n_params = self.model.num_parameters()
-        rf_ms = 1000.0 * self.rf / self.sample_rate
-        print(f"model: {n_params:,} parameters, receptive field {self.rf} samples "
-              f"({rf_ms:.1f} ms at {self.sample_rate} Hz); device {self.device}; "
-              f"run folder {self.run_dir}")
-        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+        if main:
+            rf_ms = 1000.0 * self.rf / self.sample_rate
+            print(f"model: {self.model.num_parameters():,} parameters, receptive field {self.rf} "
+                  f"samples ({rf_ms:.1f} ms at {self.sample_rate} Hz); device {self.device}"
+                  + (f" x {self.world.size} processes" if self.world.distributed else "")
+                  + f"; run folder {self.run_dir}")
+        writer = (SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+                  if main else None)
         crop_pred = self.dataset.crop_length - self.rf
-        bar = progress_bar(total=cfg.max_steps, initial=self.step, disable=not cfg.progress,
-                           unit="step")
-        last_saved = None
+        bar = progress_bar(total=cfg.max_steps, initial=self.step,
+                           disable=not (cfg.progress and main), unit="step")
+        last_saved, bad_steps = None, 0
         tick, samples_since = time.perf_counter(), 0
         try:
             with StopRequest() as stop:
                 for batch in self._loader():
-                    loss, grad_norm = self.train_step(batch)
+                    loss, grad_norm, taken = self.train_step(batch)
                     self.step += 1
-                    samples_since += batch["audio"].shape[0] * crop_pred
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"loss became {loss} at step {self.step}; lower "
-                                                 "train.lr or set train.grad_clip")
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    samples_since += batch["audio"].shape[0] * self.world.size * crop_pred
+                    bar.update(1)
+                    if not taken:
+                        bad_steps += 1
+                        log.warning("step %d: loss %s, gradient norm %s: step skipped (%d in a "
+                                    "row; training stops at train.max_bad_steps=%d)", self.step,
+                                    loss, grad_norm, bad_steps, cfg.max_bad_steps)
+                        if bad_steps >= cfg.max_bad_steps:
+                            break
+                    else:
+                        bad_steps = 0
+                    if main and taken and (self.step % cfg.log_every == 0
+                                           or self.step == cfg.max_steps):
                         rate = samples_since / (time.perf_counter() - tick)
                         tick, samples_since = time.perf_counter(), 0
-                        bits = loss / math.log(2)
-                        writer.add_scalar("train/loss", loss, self.step)
-                        writer.add_scalar("train/bits_per_sample", bits, self.step)
-                        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-                        writer.add_scalar("train/grad_norm", grad_norm, self.step)
-                        writer.add_scalar("train/samples_per_s", rate, self.step)
-                        bar.set_postfix(loss=f"{loss:.3f}", bits=f"{bits:.2f}",
-                                        samples_s=f"{rate:,.0f}")
-                        if not cfg.progress:
-                            log.info("step %d: loss %.4f (%.3f bits/sample), %.0f samples/s",
-                                     self.step, loss, bits, rate)
-                    bar.update(1)
-                    if self.valid_ids and (self.step % cfg.eval_every == 0
-                                           or self.step == cfg.max_steps):
+                        self._log_scalars(writer, bar, loss, grad_norm, rate)
+                    if main and self.valid_ids and (self.step % cfg.eval_every == 0
+                                                    or self.step == cfg.max_steps):
                         self.evaluate(writer)
-                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    if main and cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.log_audio(writer)
                     if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.max_steps,
                                                                               cfg.stop_at):
                         last_saved = self.save()
-                    if stop.requested or (cfg.stop_at is not None and self.step >= cfg.stop_at):
+                    # Every process must stop at the same step, whichever got the signal.
+                    if self.world.any(stop.requested, self.device) or (
+                            cfg.stop_at is not None and self.step >= cfg.stop_at):
                         break
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
+        if bad_steps >= cfg.max_bad_steps:
+            self._diverged()
         if last_saved is None or last_saved != self.step_path():
             last_saved = self.save()
-        print(f"checkpoint: {last_saved} (step {self.step}"
-              + (f", best held-out {self.best_bits:.3f} bits/sample" if np.isfinite(self.best_bits)
-                 else "") + ")")
+        if main:
+            print(f"checkpoint: {last_saved} (step {self.step}"
+                  + (f", best held-out {self.best_bits:.3f} bits/sample"
+                     if np.isfinite(self.best_bits) else "") + ")")
         return last_saved
+
+    def _log_scalars(self, writer, bar, loss: float, grad_norm: float, rate: float) -> None:
+        bits = loss / math.log(2)
+        writer.add_scalar("train/loss", loss, self.step)
+        writer.add_scalar("train/bits_per_sample", bits, self.step)
+        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+        writer.add_scalar("train/grad_norm", grad_norm, self.step)
+        writer.add_scalar("train/samples_per_s", rate, self.step)
+        bar.set_postfix(loss=f"{loss:.3f}", bits=f"{bits:.2f}", samples_s=f"{rate:,.0f}")
+        if not self.cfg.progress:
+            log.info("step %d: loss %.4f (%.3f bits/sample), %.0f samples/s",
+                     self.step, loss, bits, rate)
+
+    def _diverged(self) -> None:
+        """Stop after max_bad_steps non-finite steps in a row. The newest checkpoint predates
+        them (skipped steps change nothing and write none); with none yet, the current weights,
+        which no non-finite step touched, are saved."""
+        first = self.step - self.cfg.max_bad_steps + 1
+        existing = checkpoint.step_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
+        path = existing[-1] if existing else self.save()
+        raise TrainingDiverged(
+            f"training diverged: steps {first}-{self.step} all had a non-finite loss or gradient; "
+            f"{path} is from before that: lower train.lr (or set train.grad_clip) and continue "
+            "with train.resume=auto")
+
+    def save(self) -> Path | None:
+        """Write this step's checkpoint (rank 0; other processes return None)."""
+        if not self.world.is_main:
+            return None
+        path = self.step_path()
+        checkpoint.save_atomic(self.state(), path)
+        for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last]:
+            old.unlink()
+        return path
 
 
 def train(job: TrainJob, run_dir: str | Path) -> Path:
     """Train (or resume) and return the path of the final checkpoint."""
-    return Trainer(job, Path(run_dir)).fit()
+    trainer = Trainer(job, Path(run_dir))
+    try:
+        return trainer.fit()
+    finally:
+        trainer.world.leave()
