@@ -8,6 +8,7 @@ one changes. Crops never cross file boundaries; the held-out split is by file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -98,8 +99,12 @@ def list_audio_files(root: Path) -> list[Path]:
 
 
 class AudioCache:
-    """All files of one folder, preprocessed, as int16 in one memory-mapped file, and their
-    log-mel features (float16, frames × n_mels) in another when a MelConfig is given.
+    """All files of one folder, preprocessed, as int16 in one flat file, and their log-mel
+    features (float16, frames × n_mels) in another when a MelConfig is given.
+
+    Crops are read with pread, not memory-mapped: pages a map touches count as the process's
+    memory until the kernel reclaims them, so a long run over a corpus larger than RAM would
+    look like (and, under cgroup limits, act like) a leak. Reads keep memory flat.
 
     Attributes:
         files: per-file offsets and lengths into the flat files.
@@ -114,41 +119,42 @@ class AudioCache:
         self.mel = MelConfig(**index["mel"]) if index.get("mel") else None
         self.files = [CachedFile(**f) for f in index["files"]]
         self._names = {"samples": index["samples_file"], "mels": index.get("mels_file")}
-        self._maps: dict[str, np.ndarray] = {}  # opened lazily: memmaps must not be pickled
+        self._fds: dict[str, int] = {}  # opened lazily, per process (never pickled)
 
-    def _map(self, kind: str) -> np.ndarray:
-        if kind not in self._maps:
-            if kind == "samples":
-                shape, dtype = (sum(f.length for f in self.files),), np.int16
-            else:
-                shape, dtype = (sum(f.frames for f in self.files), self.mel.n_mels), np.float16
-            self._maps[kind] = (np.memmap(self.directory / self._names[kind], dtype=dtype,
-                                          mode="r", shape=shape) if shape[0] else
-                                np.zeros(shape, dtype))
-        return self._maps[kind]
-
-    @property
-    def samples(self) -> np.ndarray:
-        return self._map("samples")
+    def _read(self, kind: str, start: int, count: int) -> np.ndarray:
+        """Rows start … start+count-1 of a flat file: (count,) int16 samples or
+        (count, n_mels) float16 frames."""
+        dtype, width = (np.int16, 1) if kind == "samples" else (np.float16, self.mel.n_mels)
+        row = np.dtype(dtype).itemsize * width
+        if count <= 0:
+            data = np.zeros(0, dtype)
+        else:
+            if kind not in self._fds:
+                self._fds[kind] = os.open(self.directory / self._names[kind], os.O_RDONLY)
+            data = np.frombuffer(os.pread(self._fds[kind], count * row, start * row), dtype)
+        return data if width == 1 else data.reshape(-1, width)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_maps"] = {}
+        state["_fds"] = {}
         return state
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def mels(self, i: int, start: int = 0, frames: int | None = None) -> np.ndarray:
         """Log-mel frames of file i as float32 (n_mels, frames)."""
         f = self.files[i]
         frames = f.frames - start if frames is None else frames
-        rows = self._map("mels")[f.mel_offset + start: f.mel_offset + start + frames]
-        return rows.astype(np.float32).T
+        return self._read("mels", f.mel_offset + start, frames).astype(np.float32).T
 
     def audio(self, i: int, start: int = 0, length: int | None = None) -> np.ndarray:
         """Float32 waveform (T,) of file i, optionally a slice of it."""
         f = self.files[i]
         length = f.length - start if length is None else length
-        chunk = self.samples[f.offset + start: f.offset + start + length]
-        return chunk.astype(np.float32) / 32768.0
+        return self._read("samples", f.offset + start, length).astype(np.float32) / 32768.0
 
 
 def _fingerprint(root: Path, paths: list[Path]) -> list[CachedFile]:
