@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from wavenet.cli import CONFIG_DIR, to_job
+from wavenet.cli import CONFIG_DIR, REPO_ROOT, to_job
 
 torch.set_num_threads(1)  # determinism and fair sharing on CI's 2 cores
 
@@ -32,6 +34,12 @@ def write_tone_folder(folder: Path, n_files: int = 4, seconds: float = 0.5, rate
 @pytest.fixture
 def tone_folder(tmp_path) -> Path:
     return write_tone_folder(tmp_path / "audio")
+
+
+def run_script(name: str, *overrides: str, cwd: Path, timeout: int = 300):
+    """`python scripts/<name>.py <overrides>` in a subprocess, output captured."""
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *overrides],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def compose_job(config_name: str, overrides: list[str]):

@@ -14,7 +14,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from tests.conftest import compose_job, tiny_train_overrides
+from tests.conftest import compose_job, run_script, tiny_train_overrides
 from wavenet import checkpoint
 from wavenet.cli import CONFIG_DIR, REPO_ROOT
 from wavenet.config import EvaluateJob, SampleJob, TrainJob
@@ -24,11 +24,6 @@ from wavenet.sample import sample
 from wavenet.train import train
 
 CONFIGS = Path(CONFIG_DIR)
-
-
-def run_script(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *overrides],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("model", sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))

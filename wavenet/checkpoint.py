@@ -6,6 +6,7 @@ a half-written checkpoint under a checkpoint's name. They load with `weights_onl
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -27,14 +28,21 @@ class CheckpointError(UserError):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename over it."""
+    """Write `obj` to a temporary file beside `path`, then rename it over `path`.
+
+    A crash, kill -9 or full disk at any moment leaves either the old file or the new one,
+    never a torn one. The checkpoint is serialized in memory first so that a failed write is a
+    plain OSError naming the file (torch.save would wrap it in a RuntimeError).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write(tmp, buffer.getbuffer())
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -44,6 +52,13 @@ def save_atomic(obj: dict, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write(path: Path, data: memoryview) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

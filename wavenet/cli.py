@@ -5,7 +5,9 @@ This is the only module that imports Hydra or OmegaConf.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,20 +53,84 @@ def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+# OS errors that come from the user's files and folders, each with what to do about it.
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free some space (files written before are intact)",
+    errno.EDQUOT: "free some space (files written before are intact)",
+    errno.EFBIG: "the file is larger than this system allows (files written before are intact)",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EPERM: "choose a folder you can write to",
+    errno.EROFS: "choose a folder on a writable disk",
+    errno.ENOTDIR: "a file is in the way of that folder: choose another path",
+    errno.EEXIST: "a file is in the way of that folder: choose another path",
+}
+
+
+def os_error_line(err: OSError) -> str | None:
+    """The one-line message for an OSError about the user's files, or None for others."""
+    advice = _OS_ERROR_ADVICE.get(err.errno)
+    if advice is None:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror}; {advice}"
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why files could not be created under `path`, or None."""
+    p = path.expanduser().absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is a file, not a folder"
+    if not os.access(p, os.W_OK):
+        return f"{p} is not writable"
+    return None
+
+
+def check_output_folders(argv: list[str]) -> None:
+    """Hydra creates the run folder before any job code runs, and fails with a traceback; so
+    check it first (the folder given by hydra.run.dir / hydra.sweep.dir, else this folder)."""
+    given = False
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            given = True
+            problem = None if "${" in value else _unwritable(Path(value))
+            if problem:
+                raise UserError(f"{key}={value}: {problem}; choose a writable folder")
+    if not given and (problem := _unwritable(Path.cwd())):
+        raise UserError(f"the run folder goes under the current folder, but {problem}: run from "
+                        "another folder or pass hydra.run.dir=<writable folder>")
+
+
 def _entry(config_name: str, body: Callable[[DictConfig], object]) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
     def main(cfg: DictConfig) -> None:
         try:
             body(cfg)
         except MissingMandatoryValue as err:
-            print(f"error: {err.full_key} is not set: pass {err.full_key}=…", file=sys.stderr)
-            sys.exit(1)
+            _fail(f"{err.full_key} is not set: pass {err.full_key}=…")
         except UserError as err:
-            # A user error is one line, not a traceback.
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(1)
+            _fail(str(err))  # a user error is one line, not a traceback
+        except OSError as err:
+            line = os_error_line(err)
+            if line is None:
+                raise
+            _fail(line)
 
-    return main
+    def entry() -> None:
+        try:
+            check_output_folders(sys.argv[1:])
+        except UserError as err:
+            _fail(str(err))
+        main()
+
+    return entry
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 def _train(cfg: DictConfig):

@@ -255,8 +255,10 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
         if stale.name not in (samples_name, mels_name):
             stale.unlink()
     hours = offset / audio_cfg.sample_rate / 3600
-    log.info("cached %d files (%.2f h) of %s in %s; %d skipped", len(kept), hours, root,
-             directory, len(skipped))
+    log.info("cached %d files (%.2f h) of %s in %s", len(kept), hours, root, directory)
+    if skipped:
+        log.warning("skipped %d of %d files in %s that could not be used (listed in %s)",
+                    len(skipped), len(scanned), root, directory / "index.json")
     return AudioCache(directory, index)
 
 
