@@ -399,8 +399,10 @@ class Trainer:
                         self.evaluate(writer)
                     if main and cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.log_audio(writer)
-                    if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.max_steps,
-                                                                              cfg.stop_at):
+                    # No checkpoint inside a run of skipped steps: the newest one then
+                    # predates the trouble.
+                    if taken and (self.step % cfg.checkpoint_every == 0
+                                  or self.step in (cfg.max_steps, cfg.stop_at)):
                         last_saved = self.save()
                     # Every process must stop at the same step, whichever got the signal.
                     if self.world.any(stop.requested, self.device) or (
