@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from tests.conftest import compose_job, tiny_train_overrides
+from tests.conftest import compose_job, run_script, tiny_train_overrides
 from wavenet import checkpoint
 from wavenet.cli import REPO_ROOT
 from wavenet.data import StepSampler
@@ -63,3 +63,19 @@ def test_the_global_batch_must_split_evenly(tone_folder, tmp_path):
     done = torchrun(2, *base, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode != 0
     assert "error: train.batch_size=3 is the batch over all 2 processes" in done.stderr
+
+
+def test_submitit_local_sweep_with_two_tasks_per_job(tone_folder, tmp_path):
+    """The cluster launcher's code path on this machine: two sweep points, each job two tasks
+    joined into one distributed run."""
+    sweep = tmp_path / "sweep"
+    done = run_script("train", "-m", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2",
+                      *tiny_train_overrides(tone_folder, tmp_path, steps=2),
+                      "train.batch_size=2", "train.device=cpu", "train.lr=1e-3,2e-3",
+                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for point, lr in ((0, 1e-3), (1, 2e-3)):
+        ckpt = checkpoint.load(sweep / str(point) / "checkpoints" / "step-00000002.pt")
+        assert ckpt["config"]["train"]["lr"] == lr
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
+    assert logs.count("device cpu x 2 processes") == 2

@@ -38,6 +38,8 @@ class World:
 
         Returns the world and this process's device (its own GPU under torchrun).
         """
+        if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):
+            _export_submitit_environment()
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size <= 1:
             return cls(), device
@@ -75,3 +77,12 @@ class World:
     def leave(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _export_submitit_environment() -> None:
+    """Under submitit (hydra/launcher=cluster), a job with several tasks becomes one torch
+    distributed run: its tasks' ranks and address go where torchrun would put them."""
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)

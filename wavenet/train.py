@@ -62,8 +62,13 @@ def ema_update_fn(decay: float):
     return update
 
 
+# SIGUSR2 is what Slurm sends ahead of a job's time limit (sbatch --signal, submitit).
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + (
+    [signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
+
+
 class StopRequest:
-    """Turns the first Ctrl-C / SIGTERM into a flag the loop checks between steps.
+    """Turns the first Ctrl-C / SIGTERM / SIGUSR2 into a flag the loop checks between steps.
 
     The loop then writes a checkpoint and returns; a second signal interrupts at once.
     """
@@ -81,7 +86,7 @@ class StopRequest:
 
     def __enter__(self):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
