@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from tests.conftest import compose_job
 from wavenet.bench import StraightforwardWaveNet, bench
 from wavenet.cli import model_config
@@ -12,6 +14,11 @@ def test_straightforward_baseline_is_the_same_network():
     cfg = model_config("small")
     ours, plain = WaveNet(cfg), StraightforwardWaveNet(cfg)
     assert ours.num_parameters() == sum(p.numel() for p in plain.parameters())
+    same = StraightforwardWaveNet.same_weights_as(ours)
+    x = torch.randint(0, 256, (2, 600), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(same(x, first_output=510), ours(x, first_output=510),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_bench_reports_every_figure(tmp_path):
@@ -22,6 +29,7 @@ def test_bench_reports_every_figure(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     row = report["results"][0]
     assert row["floor_samples_per_s"] > 0 and row["train_straightforward_samples_per_s"] > 0
+    assert abs(row["train_bits"] - row["train_straightforward_bits"]) < 1e-3
     assert [g["batch"] for g in row["generation"]] == [1, 2]
     first = row["generation"][0]
     assert first["fraction_of_floor"] > 0

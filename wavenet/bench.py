@@ -129,36 +129,73 @@ class StraightforwardWaveNet(nn.Module):
         self.head1 = nn.Conv1d(s, s, 1)
         self.head2 = nn.Conv1d(s, cfg.quantization_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    @torch.no_grad()
+    def same_weights_as(cls, model: WaveNet) -> StraightforwardWaveNet:
+        """The straightforward network computing exactly `model`'s function."""
+        plain = cls(model.cfg)
+        plain.embed.weight.copy_(model.embed.weight)
+        g, r = model.cfg.gate_channels, model.cfg.residual_channels
+        for ours, layer in zip(model.layers, plain.layers, strict=True):
+            for part, rows in (("filter", slice(0, g)), ("gate", slice(g, 2 * g))):
+                layer[part].weight.copy_(ours.dilated.weight[rows])
+                layer[part].bias.copy_(ours.dilated.bias[rows])
+            for part, rows in (("res", slice(0, r)), ("skip", slice(r, None))):
+                layer[part].weight.copy_(ours.out.weight[rows])
+                layer[part].bias.copy_(ours.out.bias[rows])
+        plain.head1.load_state_dict(model.head1.state_dict())
+        plain.head2.load_state_dict(model.head2.state_dict())
+        return plain
+
+    def forward(self, x: torch.Tensor, first_output: int = 0) -> torch.Tensor:
+        """x (B, T) classes -> (B, Q, T - first_output) logits (the plain way: all of it is
+        computed, then sliced)."""
         h, skip = self.embed(x).transpose(1, 2), 0
         for layer, pad in zip(self.layers, self.pads, strict=True):
             padded = F.pad(h, (pad, 0))
             z = torch.tanh(layer["filter"](padded)) * torch.sigmoid(layer["gate"](padded))
             skip = skip + layer["skip"](z)
             h = (h + layer["res"](z)) * math.sqrt(0.5)
-        return self.head2(F.relu(self.head1(F.relu(skip * math.sqrt(1 / len(self.layers))))))
+        out = self.head2(F.relu(self.head1(F.relu(skip * math.sqrt(1 / len(self.layers))))))
+        return out[:, :, first_output:]
 
 
-def train_rate(model: nn.Module, cfg: WaveNetConfig, batch: int, crop: int, steps: int) -> float:
-    """Predicted samples/s of full training steps (forward, backward, Adam) on random crops."""
+def tone_crops(dist, batch: int, length: int, seed: int) -> torch.Tensor:
+    """Model values (B, length) of noisy tones at random pitches: something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(length) / 16000
+    f0 = 100 + 400 * torch.rand(batch, 1, generator=g)
+    audio = 0.5 * torch.sin(2 * math.pi * f0 * t) + 0.05 * torch.randn(batch, length, generator=g)
+    return dist.encode(audio)
+
+
+def train_rate(model: nn.Module, cfg: WaveNetConfig, batch: int, crop: int,
+               steps: int) -> tuple[float, float]:
+    """Predicted samples/s of full training steps (forward, backward, Adam) on noisy-tone crops,
+    and the NLL (bits/sample) of held-out crops after those steps."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rf = cfg.receptive_field
     dist = cfg.distribution()
-    x = dist.encode(torch.rand(batch, rf + crop, generator=torch.Generator().manual_seed(0)) * 2
-                    - 1)
+    batches = [tone_crops(dist, batch, rf + crop, seed) for seed in range(steps + 1)]
 
-    def step():
-        loss = dist.nll(model(x[:, :-1])[:, :, rf - 1:], x[:, rf:])
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        return dist.nll(model(x[:, :-1], first_output=rf - 1), x[:, rf:])
+
+    def step(x: torch.Tensor) -> None:
+        loss = loss_of(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    step()
+    step(batches[0])  # warm-up
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch * crop / (time.perf_counter() - start)
+    for x in batches[1:]:
+        step(x)
+    rate = steps * batch * crop / (time.perf_counter() - start)
+    with torch.no_grad():
+        bits = loss_of(tone_crops(dist, batch, rf + crop, seed=10**6)).item() / math.log(2)
+    return rate, bits
 
 
 def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dict:
@@ -191,15 +228,17 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dic
                   "samples/s", flush=True)
         torch.set_num_threads(threads_default)
         torch.manual_seed(0)
-        row["train_samples_per_s"] = train_rate(WaveNet(cfg), cfg, job.train_batch_size,
-                                                job.train_crop, job.train_steps)
-        torch.manual_seed(0)
-        row["train_straightforward_samples_per_s"] = train_rate(
-            StraightforwardWaveNet(cfg), cfg, job.train_batch_size, job.train_crop,
-            job.train_steps)
+        ours = WaveNet(cfg)
+        plain = StraightforwardWaveNet.same_weights_as(ours)  # same start, so NLLs compare
+        row["train_samples_per_s"], row["train_bits"] = train_rate(
+            ours, cfg, job.train_batch_size, job.train_crop, job.train_steps)
+        row["train_straightforward_samples_per_s"], row["train_straightforward_bits"] = \
+            train_rate(plain, cfg, job.train_batch_size, job.train_crop, job.train_steps)
         row["train_threads"] = threads_default
         print(f"{name} training: {row['train_samples_per_s']:,.0f} samples/s (straightforward "
-              f"implementation {row['train_straightforward_samples_per_s']:,.0f})", flush=True)
+              f"implementation {row['train_straightforward_samples_per_s']:,.0f}); held-out "
+              f"NLL after {job.train_steps + 1} steps {row['train_bits']:.4f} bits "
+              f"(straightforward {row['train_straightforward_bits']:.4f})", flush=True)
         results.append(row)
     report = {"machine": machine_info(), "job": asdict(job), "results": results}
     print()
@@ -229,11 +268,13 @@ def format_table(report: dict) -> str:
               + ", ".join(sorted({g["fast_method"] for row in report["results"]
                                   for g in row["generation"]})) + ".",
               "", "| model | floor: one matvec over all weights, samples/s | train samples/s "
-              "| straightforward implementation | ratio |", "|---|---:|---:|---:|---:|"]
+              "| straightforward implementation | ratio | held-out NLL after the timed steps, "
+              "ours / straightforward (bits) |", "|---|---:|---:|---:|---:|---:|"]
     for row in report["results"]:
         ours, plain = row["train_samples_per_s"], row["train_straightforward_samples_per_s"]
         lines.append(f"| {row['model']} | {row['floor_samples_per_s']:,.0f} | {ours:,.0f} "
-                     f"| {plain:,.0f} | {ours / plain:.2f}x |")
+                     f"| {plain:,.0f} | {ours / plain:.2f}x | {row['train_bits']:.4f} / "
+                     f"{row['train_straightforward_bits']:.4f} |")
     m = report["machine"]
     lines.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}; "
                  f"torch {m['torch']}, Python {m['python']}; compiled step: "

@@ -13,7 +13,7 @@ from torch import nn
 from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
 from wavenet.features import MelConfig
-from wavenet.layers import ResidualBlock
+from wavenet.layers import ResidualBlock, residual_stack
 
 
 @dataclass
@@ -197,7 +197,8 @@ class WaveNet(nn.Module):
 
     def forward(self, x: torch.Tensor, speaker: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None,
-                layer_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+                layer_inputs: list[torch.Tensor] | None = None,
+                first_output: int = 0) -> torch.Tensor:
         """Teacher-forced pass.
 
         Args:
@@ -207,16 +208,23 @@ class WaveNet(nn.Module):
                 sample t+1 (vocoders).
             layer_inputs: if given, each layer's input (B, R, T) is appended to it (used to prime
                 incremental generation from a whole recording in one pass).
+            first_output: return columns first_output… only; in training, the first column
+                with a full receptive field, so that no work goes into unscored columns.
         Returns:
-            (B, P, T) distribution parameters; column t is for sample t+1.
+            (B, P, T - first_output) distribution parameters; column j is for sample
+            first_output + j + 1.
         """
         h = self.embed_input(x)
         extra = self.conditioning(speaker, cond)
+        if layer_inputs is None:  # all layers at once, time-major inside (same function)
+            skip = residual_stack(self.layers, h.permute(2, 0, 1).contiguous(), extra,
+                                  first_output)
+            return self.head(skip.permute(1, 2, 0))
+        # Layer by layer, so that each layer's input can be captured.
         per_layer = extra.chunk(len(self.layers), dim=1) if extra is not None else None
         skip = 0
         for i, layer in enumerate(self.layers):
-            if layer_inputs is not None:
-                layer_inputs.append(h)
+            layer_inputs.append(h)
             h, s = layer(h, per_layer[i] if per_layer is not None else None)
             skip = skip + s
-        return self.head(skip)
+        return self.head(skip[:, :, first_output:])

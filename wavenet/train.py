@@ -104,10 +104,10 @@ class TrainingForward(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, speaker: torch.Tensor | None,
-                mel: torch.Tensor | None) -> torch.Tensor:
-        """x (B, T) inputs, mel (B, n_mels, frames) -> parameters (B, P, T)."""
+                mel: torch.Tensor | None, first_output: int = 0) -> torch.Tensor:
+        """x (B, T) inputs, mel (B, n_mels, frames) -> parameters (B, P, T - first_output)."""
         cond = self.model.upsampler(mel)[:, :, 1:] if mel is not None else None
-        return self.model(x, speaker, cond)
+        return self.model(x, speaker, cond, first_output=first_output)
 
 
 class TrainingDiverged(UserError):
@@ -301,8 +301,8 @@ class Trainer:
                                   enabled=self.cfg.precision == "bf16")
         with autocast:
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
-            params = self.forward(x[:, :-1], batch.get("speaker"),
-                                  batch.get("mel"))[:, :, self.rf - 1:]
+            params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
+                                  first_output=self.rf - 1)
         loss = self.model.dist.nll(params, x[:, self.rf:])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP, gradients arrive averaged over the processes
