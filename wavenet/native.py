@@ -1,9 +1,9 @@
 """The compiled generation step (csrc/fast_step.cpp): built on first use, loaded with ctypes.
 
 The library is compiled once per machine with the system's C++ compiler (about a second) and
-cached under `$WAVENET_CACHE` (default ~/.cache/wavenet). Without a compiler, or with
-WAVENET_NATIVE=0, `library()` is None and generation uses the PyTorch incremental path, which
-draws the same samples.
+cached in native/ under `$WAVENET_CACHE` (default: the data cache's folder, ~/.cache/wavenet).
+Without a compiler, or with WAVENET_NATIVE=0, `library()` is None and generation uses the
+PyTorch incremental path, which draws the same samples.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from wavenet.data import default_cache_dir
 
 SOURCE = Path(__file__).with_name("csrc") / "fast_step.cpp"
 PANEL = 16  # output columns per packed weight panel, as in the C++ source
@@ -89,7 +91,7 @@ def _build() -> Path:
         raise OSError("no C++ compiler found (install g++ or set CXX)")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                              timeout=60).stdout
-    cache = Path(os.environ.get("WAVENET_CACHE", "~/.cache/wavenet")).expanduser() / "native"
+    cache = Path(os.environ.get("WAVENET_CACHE") or default_cache_dir()).expanduser() / "native"
     base = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
     errors = []
     for flags in (base + ["-march=native"], base):
