@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,8 +48,7 @@ def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
                     seconds: float = 3.0, steps: int | None = None) -> float:
     """Samples/s (all streams together) of one generation method in steady state, sampling
     included, priming excluded. With `steps`, those steps timed once (for the slow naive path);
-    otherwise the best of three windows of seconds/3, as timeit does, since a shared 2-core VM
-    is noisy."""
+    otherwise the best of three windows (`best_rate`)."""
     context = silence_context(model, batch)
     loop = make_loop(model, context, method=method, threads=threads)
     x = context[:, -1]
@@ -71,13 +71,23 @@ def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
     n = 8
     while run(n) < 0.05:  # warm-up and a window of about 50 ms
         n *= 2
+
+    def window() -> int:
+        run(n)
+        return n * batch
+
+    return best_rate(window, seconds)
+
+
+def best_rate(work: Callable[[], int], seconds: float) -> float:
+    """The best of three windows of seconds/3, in units of what `work()` returns per call (as
+    timeit does: a shared 2-core VM is noisy)."""
     best = 0.0
     for _ in range(3):
-        count, start = 0, time.perf_counter()
+        done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 3:
-            run(n)
-            count += n
-        best = max(best, count * batch / (time.perf_counter() - start))
+            done += work()
+        best = max(best, done / (time.perf_counter() - start))
     return best
 
 
@@ -85,7 +95,7 @@ def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
 def floor_rate(n_params: int, seconds: float = 1.5) -> float:
     """Samples/s if one sample cost exactly one matrix-vector product over all weights (one
     thread): the floor of batch-1 generation. The faster of torch.mv and the compiled step's own
-    kernel; best of three windows."""
+    kernel; best of three windows each."""
     cols = 256
     rows = max(1, n_params // cols)
     w, v = torch.randn(rows, cols), torch.randn(cols)
@@ -100,17 +110,15 @@ def floor_rate(n_params: int, seconds: float = 1.5) -> float:
                              ptr(y.data_ptr()), rows + PANEL)
 
         candidates["native"] = native_mv
-    best = 0.0
-    for fn in candidates.values():
+    def twenty(fn) -> int:
         for _ in range(20):
             fn()
-        for _ in range(3):
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds / 6:
-                for _ in range(20):
-                    fn()
-                count += 20
-            best = max(best, count / (time.perf_counter() - start))
+        return 20
+
+    best = 0.0
+    for fn in candidates.values():
+        twenty(fn)  # warm-up
+        best = max(best, best_rate(lambda fn=fn: twenty(fn), seconds / 2))
     return best
 
 

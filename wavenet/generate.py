@@ -1,7 +1,9 @@
-"""Autoregressive generation: a fast incremental path and a naive reference path.
+"""Autoregressive generation by three methods that draw the same samples.
 
-The fast path keeps, per layer, a ring buffer of that layer's last (k-1)·d inputs, so one new
-sample costs O(layers) matrix-vector products instead of a forward pass over the receptive field.
+"incremental" keeps, per layer, a ring buffer of that layer's last (k-1)·d inputs, so one new
+sample costs O(layers) matrix-vector products instead of a forward pass over the receptive field
+("naive"). "fast" runs the same algorithm in the compiled step (wavenet/native.py), many steps
+per call.
 Conditioning (conv biases, speaker, upsampled mel) is folded into one additive input per layer
 and step, computed ahead of the loop a chunk at a time. All generation state is created and owned
 by the generation call; modules hold no buffers.
@@ -311,12 +313,6 @@ def make_loop(model, context, speaker=None, cond=None, method="fast", threads=1)
     if method == "native":
         return NativeLoop(NativeStepper(model, stepper), state, bias, threads)
     return StepLoop(model, lambda x: stepper.step(state, x, bias.at(state.t + 1)))
-
-
-def incremental_step(model, context, speaker=None, cond=None):
-    """step(x) -> parameters for the PyTorch incremental path, its state loaded with the
-    context (used to check it against the teacher-forced forward)."""
-    return make_loop(model, context, speaker, cond, "incremental").step
 
 
 def naive_step(model, context, speaker=None, cond=None):

@@ -91,8 +91,8 @@ def residual_stack(layers: nn.ModuleList, h: torch.Tensor, extra: torch.Tensor |
     """
     first = layers[0]
     spec = _StackSpec([layer.dilation for layer in layers], first.kernel_size,
-                      first.residual_channels, first.out.in_channels,
-                      first.out.out_channels - first.residual_channels, first_output)
+                      first.out.in_channels, first.out.out_channels - first.residual_channels,
+                      first_output)
     params = [p for layer in layers for p in (layer.dilated.weight, layer.dilated.bias,
                                               layer.out.weight, layer.out.bias)]
     if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in params)
@@ -102,10 +102,12 @@ def residual_stack(layers: nn.ModuleList, h: torch.Tensor, extra: torch.Tensor |
 
 
 class _StackSpec:
-    def __init__(self, dilations: list[int], kernel_size: int, residual: int, gate: int,
-                 skip: int, first_output: int):
+    """Sizes of a stack (the residual width comes with the input)."""
+
+    def __init__(self, dilations: list[int], kernel_size: int, gate: int, skip: int,
+                 first_output: int):
         self.dilations, self.k = dilations, kernel_size
-        self.r, self.g, self.s = residual, gate, skip
+        self.g, self.s = gate, skip
         self.first = first_output
         # Layer i computes times starts[i]… : what the outputs from first_output on need of it.
         self.starts, above = [0] * len(dilations), 0

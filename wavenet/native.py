@@ -125,13 +125,6 @@ def pack(w: torch.Tensor) -> torch.Tensor:
     return full.view(k, -1, PANEL).transpose(0, 1).flatten()
 
 
-def pad(v: torch.Tensor) -> torch.Tensor:
-    """A bias vector zero-padded to whole panels."""
-    out = torch.zeros(-(-v.numel() // PANEL) * PANEL)
-    out[:v.numel()] = v
-    return out
-
-
 class NativeStepper:
     """A WaveNet's weights packed for the compiled step, and the calls that run it.
 
@@ -143,25 +136,24 @@ class NativeStepper:
         cfg = model.cfg
         dist = model.dist
         self.lib = library()
-        self.num_params = dist.num_params
-        self.continuous = dist.continuous_input
-        embed = torch.cat([reference.in_w, reference.in_b]) if self.continuous \
-            else reference.embed
+        continuous = dist.continuous_input
+        embed = torch.cat([reference.in_w, reference.in_b]) if continuous else reference.embed
         self._keep = {
             "dilations": torch.tensor(cfg.dilations, dtype=torch.int32),
             "embed": embed.float().contiguous(),
             "conv_w": torch.cat([pack(w) for w in reference.conv_w]),
             "out_w": torch.cat([pack(w) for w in reference.out_w]),
-            "out_b": torch.cat([pad(b) for b in reference.out_b]),
-            "head1_w": pack(reference.head1_w), "head1_b": pad(reference.head1_b),
-            "head2_w": pack(reference.head2_w), "head2_b": pad(reference.head2_b),
+            # a bias is a one-row matrix: packing pads it to whole panels
+            "out_b": torch.cat([pack(b[None]) for b in reference.out_b]),
+            "head1_w": pack(reference.head1_w), "head1_b": pack(reference.head1_b[None]),
+            "head2_w": pack(reference.head2_w), "head2_b": pack(reference.head2_b[None]),
         }
         k = self._keep
         mixtures = getattr(dist, "mixtures", 0)
         self.net = Net(
             layers=len(cfg.dilations), kernel_size=cfg.kernel_size,
             residual=cfg.residual_channels, gate=cfg.gate_channels, skip=cfg.skip_channels,
-            params=dist.num_params, continuous_input=int(self.continuous), mixtures=mixtures,
+            params=dist.num_params, continuous_input=int(continuous), mixtures=mixtures,
             skip_scale=model.skip_scale, log_scale_min=getattr(dist, "log_scale_min", 0.0),
             levels=float(getattr(dist, "levels", 0)),
             dilations=ctypes.cast(k["dilations"].data_ptr(), ctypes.POINTER(ctypes.c_int32)),
@@ -188,7 +180,8 @@ class NativeStepper:
             if t_.dtype != torch.float32 or t_.device.type != "cpu":
                 raise ValueError(f"native step: {name} must be a float32 CPU tensor")
         if noise.stride(2) != 1 or out.stride(1) != 1 or not x.is_contiguous() \
-                or not ring.is_contiguous():
+                or not ring.is_contiguous() or (params_out is not None
+                                                and params_out.stride(2) != 1):
             raise ValueError("native step: unsupported strides")
         run = Run(batch=batch, steps=steps, threads=threads, t=t, temperature=temperature,
                   x=_pointer(x), ring=_pointer(ring), ring_stride=ring.stride(0),
@@ -198,6 +191,4 @@ class NativeStepper:
                   params_out=_pointer(params_out) if params_out is not None else None,
                   params_b=params_out.stride(0) if params_out is not None else 0,
                   params_c=params_out.stride(1) if params_out is not None else 0)
-        if params_out is not None and params_out.stride(2) != 1:
-            raise ValueError("native step: params_out must be contiguous in time")
         self.lib.wavenet_run(ctypes.byref(self.net), ctypes.byref(run))
