@@ -164,9 +164,8 @@ def test_home_relative_paths_are_expanded(tone_folder, tmp_path, monkeypatch):
 
 
 def test_keeping_no_checkpoint_is_refused(tone_folder, tmp_path):
-    job = compose_job("train", tiny_train_overrides(tone_folder, tmp_path) + ["train.keep_last=0"])
-    with pytest.raises(UserError, match="train.keep_last=0"):
-        train(job, tmp_path / "run")
+    with pytest.raises(UserError, match="train.keep_last=0: must be an integer >= 1"):
+        compose_job("train", tiny_train_overrides(tone_folder, tmp_path) + ["train.keep_last=0"])
 
 
 def test_multirun_sweep_trains_each_point(tone_folder, tmp_path):

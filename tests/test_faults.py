@@ -73,8 +73,7 @@ def kill_at_random_moments(tone_folder, tmp_path, kills: int, seed: int) -> None
             checkpoint.load(folder / "best.pt")
         last_step = steps[-1]
     # After all that, the run still finishes where it should.
-    finish = tiny_train_overrides(tone_folder, tmp_path, steps=last_step + 2) + [
-        "train.resume=auto"]
+    finish = overrides + [f"train.stop_at={last_step + 2}"]
     proc = start_training(finish, run, tmp_path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out

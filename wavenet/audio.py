@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from wavenet import checks
 from wavenet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise AudioError(f"{path}: cannot decode audio ({err}); re-encode or remove it") from err
+    if not np.isfinite(data).all():
+        # Float files can hold NaN or inf: no level, trim or resampling of them is meaningful.
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise AudioError(f"{path}: {bad} samples are NaN or infinite; repair or remove the file")
     return data.mean(axis=1), int(rate)
 
 
@@ -76,6 +81,14 @@ class AudioConfig:
     normalize: str | None = "peak"
     peak_level: float = 0.95
     rms_level_db: float = -20.0
+
+    def __post_init__(self):
+        k = "data.audio."
+        checks.integer(k + "sample_rate", self.sample_rate, 1000, 384000)
+        checks.number(k + "trim_db", self.trim_db, 0, lo_open=True, optional=True)
+        checks.choice(k + "normalize", self.normalize, ("peak", "rms", None))
+        checks.number(k + "peak_level", self.peak_level, 0, 1, lo_open=True)
+        checks.number(k + "rms_level_db", self.rms_level_db, -100, 0)
 
 
 def trim_silence(audio: np.ndarray, top_db: float, min_keep: int) -> np.ndarray:

@@ -63,6 +63,7 @@ _OS_ERROR_ADVICE = {
     errno.EROFS: "choose a folder on a writable disk",
     errno.ENOTDIR: "a file is in the way of that folder: choose another path",
     errno.EEXIST: "a file is in the way of that folder: choose another path",
+    errno.EISDIR: "a folder is in the way of that file: choose another path",
 }
 
 
@@ -73,6 +74,18 @@ def os_error_line(err: OSError) -> str | None:
         return None
     where = f"{err.filename}: " if err.filename else ""
     return f"{where}{err.strerror}; {advice}"
+
+
+def out_of_memory_line(err: BaseException) -> str | None:
+    """The one-line message for running out of memory (CPU or GPU), or None for other errors."""
+    text = str(err)
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+            isinstance(err, RuntimeError) and ("can't allocate memory" in text
+                                               or "not enough memory" in text)):
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        return (f"out of memory ({first[:120]}): lower train.batch_size, data.crop_samples, "
+                "n_samples, seconds or the model's size")
+    return None
 
 
 def _unwritable(path: Path) -> str | None:
@@ -117,13 +130,24 @@ def _entry(config_name: str, body: Callable[[DictConfig], object]) -> Callable[[
             if line is None:
                 raise
             _fail(line)
+        except (MemoryError, RuntimeError) as err:
+            line = out_of_memory_line(err)
+            if line is None:
+                raise
+            _fail(line)
 
     def entry() -> None:
         try:
             check_output_folders(sys.argv[1:])
+            main()
         except UserError as err:
             _fail(str(err))
-        main()
+        except KeyboardInterrupt:
+            # Training turns the first Ctrl-C into a checkpoint and a clean exit; this is a
+            # second one, or one outside training. Files are written atomically, so nothing
+            # already written is lost.
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
 
     return entry
 

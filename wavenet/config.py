@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from wavenet import checks
 from wavenet.data import DataConfig
+from wavenet.errors import UserError
+from wavenet.generate import METHODS
 from wavenet.model import WaveNetConfig
 
 
@@ -17,7 +20,13 @@ class TrainConfig:
     """Optimization, logging and checkpointing.
 
     Attributes:
-        max_steps: optimizer steps in all (a resumed run continues up to this).
+        max_steps: optimizer steps in all (a resumed run continues up to this); None: no step
+            limit (then max_time must be set).
+        max_time: a wall-clock budget for the training loop, e.g. "10m", "2h", "1h30m" (plain
+            numbers are seconds); training stops with a checkpoint when it is spent, and the
+            learning-rate schedule spans it. With max_steps also set, whichever is reached
+            first ends the run (and the schedule follows whichever is further along). Time
+            already spent is stored in checkpoints, so a resumed run keeps the same budget.
         batch_size: crops per step, over all processes (torchrun splits it evenly), so a run
             resumes unchanged on another number of processes.
         lr: peak learning rate (Adam).
@@ -39,17 +48,21 @@ class TrainConfig:
             refuses to overwrite a run folder that holds checkpoints.
         stop_at: stop (with a checkpoint) at this step without changing the schedule, to split a
             run into jobs under a cluster's time limit; resume with train.resume=auto.
+        resume_changes: "refuse" stops a resume whose settings differ from the checkpoint's in
+            a way that changes the run (learning rate, schedule, batch, step or time budget,
+            data); "allow" continues with the new settings.
         max_bad_steps: steps in a row with a non-finite loss or gradient (each skipped with a
             warning) before training stops.
         seed: seeds initialization and the crop sequence.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
-        precision: "fp32" or "bf16" (autocast; for GPUs).
-        compile: torch.compile the model for training (for GPUs).
+        precision: "fp32" or "bf16" (autocast: bf16 compute, fp32 weights and loss).
+        compile: torch.compile the training forward.
         threads: CPU threads for PyTorch; None keeps its default.
         progress: show a progress bar.
     """
 
-    max_steps: int = 2000
+    max_steps: int | None = 2000
+    max_time: str | None = None
     batch_size: int = 8
     lr: float = 1e-3
     final_lr: float | None = 1e-5
@@ -67,6 +80,7 @@ class TrainConfig:
     keep_last: int = 3
     resume: str | None = None
     stop_at: int | None = None
+    resume_changes: str = "refuse"
     max_bad_steps: int = 5
     seed: int = 0
     device: str = "auto"
@@ -74,6 +88,41 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     progress: bool = True
+
+    def __post_init__(self):
+        k = "train."
+        checks.integer(k + "max_steps", self.max_steps, 1, optional=True)
+        self.max_seconds = checks.duration_seconds(k + "max_time", self.max_time)
+        if self.max_steps is None and self.max_seconds is None:
+            raise UserError("train.max_steps=null needs a time budget: set "
+                                   "train.max_time=… (e.g. 2h) or a step count")
+        checks.integer(k + "batch_size", self.batch_size, 1)
+        checks.number(k + "lr", self.lr, 0, 10, lo_open=True)
+        checks.number(k + "final_lr", self.final_lr, 0, self.lr, optional=True,
+                      hint="the learning rate that cosine decay ends at, at most train.lr")
+        checks.integer(k + "warmup_steps", self.warmup_steps, 0)
+        if len(self.betas) != 2:
+            raise UserError(f"train.betas={list(self.betas)}: give two values, e.g. "
+                                   "[0.9,0.999]")
+        for i, beta in enumerate(self.betas):
+            checks.number(f"{k}betas[{i}]", beta, 0, 1, hi_open=True)
+        checks.number(k + "weight_decay", self.weight_decay, 0)
+        checks.number(k + "grad_clip", self.grad_clip, 0, lo_open=True, optional=True)
+        checks.number(k + "ema_decay", self.ema_decay, 0, 1, hi_open=True, optional=True)
+        for key in ("log_every", "eval_every", "checkpoint_every", "keep_last", "max_bad_steps"):
+            checks.integer(k + key, getattr(self, key), 1)
+        checks.integer(k + "sample_every", self.sample_every, 1, optional=True)
+        checks.number(k + "eval_max_seconds", self.eval_max_seconds, 0, lo_open=True,
+                      optional=True)
+        checks.number(k + "sample_seconds", self.sample_seconds, 0, 3600, lo_open=True)
+        if self.resume not in (None, "auto"):
+            self.resume = checks.path(self.resume)
+        checks.integer(k + "stop_at", self.stop_at, 1, optional=True)
+        checks.choice(k + "resume_changes", self.resume_changes, ("refuse", "allow"))
+        checks.integer(k + "seed", self.seed, 0, 2**63 - 1)
+        checks.device(k + "device", self.device)
+        checks.choice(k + "precision", self.precision, ("fp32", "bf16"))
+        checks.integer(k + "threads", self.threads, 1, optional=True)
 
 
 @dataclass
@@ -88,6 +137,14 @@ class TrainJob:
     model: WaveNetConfig = field(default_factory=WaveNetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        mel = self.model.mel
+        if mel is not None:
+            nyquist = self.data.audio.sample_rate / 2
+            checks.number("model.mel.f_max", mel.f_max, mel.f_min, nyquist, lo_open=True,
+                          optional=True, hint=f"half of data.audio.sample_rate is {nyquist:g}")
+            checks.number("model.mel.f_min", mel.f_min, 0, nyquist, hi_open=True)
 
 
 @dataclass
@@ -132,6 +189,20 @@ class SampleJob:
     threads: int | None = None
     progress: bool = True
 
+    def __post_init__(self):
+        for key in ("checkpoint", "prime", "mel_from", "out_dir"):
+            setattr(self, key, checks.path(getattr(self, key)))
+        checks.integer("n_samples", self.n_samples, 1, 65536)
+        checks.number("seconds", self.seconds, 0, 86400, lo_open=True)
+        checks.number("temperature", self.temperature, 0, 100,
+                      hint="1 samples the model as trained, below 1 is more conservative, "
+                      "0 is greedy")
+        checks.integer("seed", self.seed, 0, 2**63 - 1)
+        checks.number("prime_seconds", self.prime_seconds, 0, lo_open=True, optional=True)
+        checks.choice("method", self.method, METHODS)
+        checks.device("device", self.device)
+        checks.integer("threads", self.threads, 1, optional=True)
+
 
 @dataclass
 class EvalData:
@@ -141,6 +212,12 @@ class EvalData:
     valid_root: str | None = None
     valid_fraction: float | None = None
     cache_dir: str | None = None
+
+    def __post_init__(self):
+        for key in ("root", "valid_root", "cache_dir"):
+            setattr(self, key, checks.path(getattr(self, key)))
+        checks.number("data.valid_fraction", self.valid_fraction, 0, 1, hi_open=True,
+                      optional=True)
 
 
 @dataclass
@@ -169,6 +246,16 @@ class EvaluateJob:
     device: str = "auto"
     threads: int | None = None
 
+    def __post_init__(self):
+        self.checkpoint, self.out = checks.path(self.checkpoint), checks.path(self.out)
+        checks.choice("split", self.split, ("valid", "train", "all"))
+        checks.number("max_seconds", self.max_seconds, 0, lo_open=True, optional=True)
+        checks.integer("resynth_files", self.resynth_files, 0)
+        checks.number("resynth_seconds", self.resynth_seconds, 0, 3600, lo_open=True)
+        checks.integer("seed", self.seed, 0, 2**63 - 1)
+        checks.device("device", self.device)
+        checks.integer("threads", self.threads, 1, optional=True)
+
 
 @dataclass
 class BenchJob:
@@ -193,3 +280,13 @@ class BenchJob:
     train_batch_size: int = 4
     train_crop: int = 2000
     out: str | None = None
+
+    def __post_init__(self):
+        self.out = checks.path(self.out)
+        if not self.models:
+            raise UserError("models=[]: name at least one model config, e.g. models=[small]")
+        for i, batch in enumerate(self.batch_sizes):
+            checks.integer(f"batch_sizes[{i}]", batch, 1, 65536)
+        checks.number("fast_seconds", self.fast_seconds, 0, lo_open=True)
+        for key in ("naive_steps", "train_steps", "train_batch_size", "train_crop"):
+            checks.integer(key, getattr(self, key), 1)

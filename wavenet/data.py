@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wavenet import checks
 from wavenet.audio import (
     AudioConfig,
     AudioError,
@@ -32,7 +33,7 @@ from wavenet.runtime import progress_bar
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key covers trimming's minimum length; non-finite files skipped
 
 
 @dataclass
@@ -63,6 +64,15 @@ class DataConfig:
     speakers: str | None = None
     num_workers: int = 2
     audio: AudioConfig = field(default_factory=AudioConfig)
+
+    def __post_init__(self):
+        for key in ("root", "valid_root", "cache_dir"):
+            setattr(self, key, checks.path(getattr(self, key)))
+        if self.speakers not in (None, "folder"):
+            self.speakers = checks.path(self.speakers)
+        checks.number("data.valid_fraction", self.valid_fraction, 0, 1, hi_open=True)
+        checks.integer("data.crop_samples", self.crop_samples, 1)
+        checks.integer("data.num_workers", self.num_workers, 0, 256)
 
 
 @dataclass
@@ -165,6 +175,15 @@ def _fingerprint(root: Path, paths: list[Path]) -> list[CachedFile]:
     return out
 
 
+def cache_name(root: Path, audio_cfg: AudioConfig, min_length: int,
+               mel: MelConfig | None) -> str:
+    """The cache folder's name: the source folder and a hash of everything that shapes the
+    cached audio and features (trimming keeps at least `min_length` samples, so it is in)."""
+    mel_key = asdict(mel) if mel is not None else None
+    key = json.dumps([str(root), asdict(audio_cfg), min_length, mel_key, CACHE_VERSION])
+    return f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
 def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path | None = None,
                min_length: int = 1, mel: MelConfig | None = None) -> AudioCache:
     """Return the preprocessed cache of `root`, building it first if missing or stale.
@@ -174,9 +193,8 @@ def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path |
     """
     root = Path(root).expanduser().resolve()
     sources = list_audio_files(root)
-    mel_key = asdict(mel) if mel is not None else None
-    key = hashlib.sha1(json.dumps([str(root), asdict(audio_cfg), mel_key, CACHE_VERSION]).encode())
-    directory = Path(cache_dir or default_cache_dir()) / f"{root.name}-{key.hexdigest()[:12]}"
+    directory = Path(cache_dir or default_cache_dir()) / cache_name(root, audio_cfg, min_length,
+                                                                    mel)
     index_path = directory / "index.json"
     current = _fingerprint(root, sources)
     if index_path.exists():
@@ -198,10 +216,51 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
     samples_name, mels_name = f"samples-{digest}.i16", f"mels-{digest}.f16"
     tmp = directory / (samples_name + f".tmp{os.getpid()}")
     tmp_mels = directory / (mels_name + f".tmp{os.getpid()}")
+    try:
+        kept, skipped = _preprocess(root, scanned, audio_cfg, min_length, mel, tmp, tmp_mels)
+        if not kept:
+            raise AudioError(f"no usable audio in {root}: all {len(scanned)} files failed to "
+                             "decode")
+        os.replace(tmp, directory / samples_name)
+        if mel is not None:
+            os.replace(tmp_mels, directory / mels_name)
+    finally:  # Ctrl-C or a full disk mid-build: no half-written files left behind
+        for leftover in (tmp, tmp_mels):
+            leftover.unlink(missing_ok=True)
+    index = {
+        "version": CACHE_VERSION,
+        "root": str(root),
+        "audio": asdict(audio_cfg),
+        "samples_file": samples_name,
+        "mel": asdict(mel) if mel is not None else None,
+        "mels_file": mels_name if mel is not None else None,
+        "scanned": [asdict(f) for f in scanned],
+        "files": [asdict(f) for f in kept],
+        "skipped": skipped,
+    }
+    tmp_index = directory / f"index.json.tmp{os.getpid()}"
+    tmp_index.write_text(json.dumps(index, indent=1))
+    os.replace(tmp_index, directory / "index.json")
+    for stale in [*directory.glob("samples-*.i16"), *directory.glob("mels-*.f16")]:
+        if stale.name not in (samples_name, mels_name):
+            stale.unlink()
+    hours = sum(f.length for f in kept) / audio_cfg.sample_rate / 3600
+    log.info("cached %d files (%.2f h) of %s in %s", len(kept), hours, root, directory)
+    if skipped:
+        log.warning("skipped %d of %d files in %s that could not be used (listed in %s)",
+                    len(skipped), len(scanned), root, directory / "index.json")
+    return AudioCache(directory, index)
+
+
+def _preprocess(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, min_length: int,
+                mel: MelConfig | None, samples_path: Path, mels_path: Path
+                ) -> tuple[list[CachedFile], list[str]]:
+    """Decode every file into the flat samples (and features) files; unusable files are
+    skipped with a warning. Returns the kept files' rows and the skipped paths."""
     kept: list[CachedFile] = []
     skipped: list[str] = []
     offset = mel_offset = 0
-    with open(tmp, "wb") as out, open(tmp_mels, "wb") as out_mels:
+    with open(samples_path, "wb") as out, open(mels_path, "wb") as out_mels:
         for f in progress_bar(iterable=scanned, desc=f"preprocessing {root.name}", unit="file",
                               leave=False):
             try:
@@ -228,38 +287,7 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
         for f in (out, out_mels):
             f.flush()
             os.fsync(f.fileno())
-    if not kept:
-        tmp.unlink()
-        tmp_mels.unlink()
-        raise AudioError(f"no usable audio in {root}: all {len(scanned)} files failed to decode")
-    os.replace(tmp, directory / samples_name)
-    if mel is not None:
-        os.replace(tmp_mels, directory / mels_name)
-    else:
-        tmp_mels.unlink()
-    index = {
-        "version": CACHE_VERSION,
-        "root": str(root),
-        "audio": asdict(audio_cfg),
-        "samples_file": samples_name,
-        "mel": asdict(mel) if mel is not None else None,
-        "mels_file": mels_name if mel is not None else None,
-        "scanned": [asdict(f) for f in scanned],
-        "files": [asdict(f) for f in kept],
-        "skipped": skipped,
-    }
-    tmp_index = directory / f"index.json.tmp{os.getpid()}"
-    tmp_index.write_text(json.dumps(index, indent=1))
-    os.replace(tmp_index, directory / "index.json")
-    for stale in [*directory.glob("samples-*.i16"), *directory.glob("mels-*.f16")]:
-        if stale.name not in (samples_name, mels_name):
-            stale.unlink()
-    hours = offset / audio_cfg.sample_rate / 3600
-    log.info("cached %d files (%.2f h) of %s in %s", len(kept), hours, root, directory)
-    if skipped:
-        log.warning("skipped %d of %d files in %s that could not be used (listed in %s)",
-                    len(skipped), len(scanned), root, directory / "index.json")
-    return AudioCache(directory, index)
+    return kept, skipped
 
 
 def split_files(cache: AudioCache, valid_fraction: float) -> tuple[list[int], list[int]]:
@@ -301,15 +329,24 @@ def speaker_labels(cache: AudioCache, source: str) -> list[str | None]:
         raise AudioError(f"data.speakers={source}: use folder, or the path of a CSV manifest "
                          "with rows path,speaker")
     table: dict[str, str] = {}
-    with open(manifest, newline="") as fh:
-        for n, row in enumerate(csv.reader(fh), 1):
-            if not row or (n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "speaker"]):
-                continue
-            if len(row) < 2:
-                raise AudioError(f"{manifest}:{n}: expected path,speaker")
-            path = Path(row[0].strip())
-            rel = path.relative_to(cache.root) if path.is_absolute() else path
-            table[str(rel)] = row[1].strip()
+    try:
+        with open(manifest, newline="", encoding="utf-8") as fh:
+            for n, row in enumerate(csv.reader(fh), 1):
+                if not row or (n == 1 and [c.strip().lower() for c in row[:2]]
+                               == ["path", "speaker"]):
+                    continue
+                if len(row) < 2 or not row[1].strip():
+                    raise AudioError(f"{manifest}:{n}: expected path,speaker")
+                path = Path(row[0].strip()).expanduser()
+                if path.is_absolute():
+                    if not path.is_relative_to(cache.root):
+                        raise AudioError(f"{manifest}:{n}: {path} is not under data.root "
+                                         f"({cache.root}); give paths relative to data.root")
+                    path = path.relative_to(cache.root)
+                table[str(path)] = row[1].strip()
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise AudioError(f"data.speakers={manifest} is not a UTF-8 CSV file of rows "
+                         f"path,speaker ({err})") from err
     labels = [table.get(f.path) for f in cache.files]
     missing = sum(label is None for label in labels)
     if missing:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from wavenet import checks
+
 
 @dataclass
 class MelConfig:
@@ -32,6 +34,16 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float | None = None
     log_floor: float = 1e-5
+
+    def __post_init__(self):
+        k = "model.mel."
+        checks.integer(k + "n_fft", self.n_fft, 8, 65536)
+        checks.integer(k + "win_length", self.win_length, 1, self.n_fft, optional=True)
+        checks.integer(k + "hop_length", self.hop_length, 1, 65536)
+        checks.integer(k + "n_mels", self.n_mels, 1, self.n_fft // 2 + 1)
+        checks.number(k + "f_min", self.f_min, 0)
+        checks.number(k + "f_max", self.f_max, self.f_min, lo_open=True, optional=True)
+        checks.number(k + "log_floor", self.log_floor, 0, 1, lo_open=True, hi_open=True)
 
 
 def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:

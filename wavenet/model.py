@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wavenet import checks
 from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
 from wavenet.features import MelConfig
@@ -55,15 +56,19 @@ class WaveNetConfig:
     upsample_scales: list[int] = field(default_factory=lambda: [4, 4, 4, 4])
 
     def __post_init__(self):
-        for key in ("layers_per_cycle", "cycles", "residual_channels", "gate_channels",
-                    "skip_channels", "mixtures", "speaker_channels"):
-            if getattr(self, key) < 1:
-                raise UserError(f"model.{key}={getattr(self, key)}: must be at least 1")
+        k = "model."
+        checks.integer(k + "layers_per_cycle", self.layers_per_cycle, 1, 24)
+        checks.integer(k + "cycles", self.cycles, 1, 100)
+        for key in ("residual_channels", "gate_channels", "skip_channels", "speaker_channels"):
+            checks.integer(k + key, getattr(self, key), 1, 8192)
+        checks.integer(k + "mixtures", self.mixtures, 1, 1024)
+        checks.number(k + "log_scale_min", self.log_scale_min, -20, 0)
+        checks.integer(k + "n_speakers", self.n_speakers, 0, 1_000_000)
         if self.kernel_size not in (2, 3):
             raise UserError(f"model.kernel_size={self.kernel_size}: use 2 or 3")
-        if not 2 <= self.quantization_channels <= 65536:
-            raise UserError(f"model.quantization_channels={self.quantization_channels}: "
-                            "use 2..65536 (256 is the usual 8-bit mu-law)")
+        checks.integer(k + "quantization_channels", self.quantization_channels, 2, 65536)
+        for i, scale in enumerate(self.upsample_scales):
+            checks.integer(f"{k}upsample_scales[{i}]", scale, 1, 65536)
         make_distribution(self.output, self.quantization_channels, self.mixtures,
                           self.log_scale_min)  # validates output
         if isinstance(self.mel, dict):  # rebuilt from a checkpoint's plain dict

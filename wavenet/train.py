@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from wavenet import checkpoint
+from wavenet import checkpoint, checks
 from wavenet.audio import AudioError
 from wavenet.config import TrainConfig, TrainJob
 from wavenet.data import (
@@ -39,14 +39,21 @@ from wavenet.runtime import progress_bar, resolve_device, set_threads
 log = logging.getLogger(__name__)
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to final_lr / lr at max_steps."""
+def lr_factor(step: int, cfg: TrainConfig, time_spent: float = 0.0) -> float:
+    """Linear warm-up to 1, then cosine decay to final_lr / lr at the end of the run.
+
+    The end is max_steps, or the end of the max_time budget, whichever the run is closer to:
+    `time_spent` is the fraction of max_time used so far (0 without a budget).
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.final_lr is None:
         return 1.0
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    progress = time_spent
+    if cfg.max_steps is not None:
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = max(progress, (step - cfg.warmup_steps) / span)
+    progress = min(1.0, progress)
     floor = cfg.final_lr / cfg.lr
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -114,6 +121,36 @@ class TrainingDiverged(UserError):
     pass
 
 
+# Settings that say how a run is watched, stored or split into jobs, not what it computes: they
+# may change when it resumes. Any other difference from the checkpoint changes the run.
+FREE_ON_RESUME = {
+    "name", "train.resume", "train.resume_changes", "train.stop_at", "train.progress",
+    "train.threads", "train.device", "train.compile", "train.log_every", "train.eval_every",
+    "train.eval_max_seconds", "train.sample_every", "train.sample_seconds",
+    "train.checkpoint_every", "train.keep_last", "train.max_bad_steps", "data.num_workers",
+    "data.cache_dir",
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def run_changes(stored: dict, requested: dict) -> dict[str, tuple]:
+    """Settings (dotted keys, model excluded) that differ between a checkpoint's job and the
+    requested one in a way that changes the run: {key: (stored, requested)}."""
+    old, new = _flat(stored), _flat(requested)
+    return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys())
+            if not k.startswith("model.") and k not in FREE_ON_RESUME and old[k] != new[k]}
+
+
 class Trainer:
     """Holds the model, optimizer, EMA, data and bookkeeping of one training run."""
 
@@ -128,10 +165,6 @@ class Trainer:
                             f"{self.world.size} processes: make it a multiple of that")
         if not self.world.is_main:  # rank 0 speaks for the job
             logging.getLogger("wavenet").setLevel(logging.WARNING)
-        if self.cfg.keep_last < 1:
-            raise UserError(f"train.keep_last={self.cfg.keep_last}: keep at least 1 checkpoint")
-        if self.cfg.precision not in ("fp32", "bf16"):
-            raise UserError(f"train.precision={self.cfg.precision!r}: use fp32 or bf16")
 
         self.rf = job.model.receptive_field
         # First, as a multi-speaker model's size comes from the data. Rank 0 builds the cache
@@ -151,13 +184,14 @@ class Trainer:
         opt_cls = torch.optim.AdamW if self.cfg.weight_decay else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.lr,
                                  betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.cfg))
         self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update_fn(self.cfg.ema_decay),
                                   use_buffers=True)
                     if self.cfg.ema_decay is not None else None)
         self.step = 0
         self.best_bits = math.inf
+        self.spent_before = 0.0  # seconds of training loop in earlier runs (a resume)
+        self.loop_start = time.monotonic()
+        self.time_fraction = 0.0  # of train.max_time, agreed by all processes
 
     # ----------------------------------------------------------------------------------- data
     def _open_data(self) -> None:
@@ -214,8 +248,10 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         workers = self.job.data.num_workers
+        # Without a step limit (a time budget only), the crops run on until the loop stops.
+        steps = 2**62 if self.cfg.max_steps is None else self.cfg.max_steps - self.step
         return DataLoader(self.dataset, batch_size=self.cfg.batch_size // self.world.size,
-                          sampler=StepSampler(self.step, self.cfg.max_steps - self.step,
+                          sampler=StepSampler(self.step, steps,
                                               self.cfg.batch_size, self.world.rank,
                                               self.world.size),
                           num_workers=workers, persistent_workers=False,
@@ -234,7 +270,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "elapsed_s": self.spent(),
             "best_bits": float(self.best_bits),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -256,13 +292,23 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"{path} was trained with speakers {ckpt.get('speakers')}, the data now has "
                 f"{self.speakers}; resume on the same data or start a new run with name=…")
+        changes = run_changes(ckpt["config"], asdict(self.job))
+        if changes:
+            listed = ", ".join(f"{k}={checks.shown(a)} (now {checks.shown(b)})"
+                               for k, (a, b) in changes.items())
+            if self.cfg.resume_changes != "allow":
+                raise checkpoint.CheckpointError(
+                    f"{path} was trained with other settings: {listed}; resume with the same "
+                    "values, or pass train.resume_changes=allow to continue with the new ones")
+            log.warning("resuming with changed settings (train.resume_changes=allow): %s",
+                        listed)
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = ckpt["step"]
+        self.spent_before = float(ckpt.get("elapsed_s", 0.0))
         self.best_bits = ckpt.get("best_bits", math.inf)
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
@@ -290,6 +336,25 @@ class Trainer:
     def eval_model(self) -> WaveNet:
         return self.ema.module if self.ema is not None else self.model
 
+    def spent(self) -> float:
+        """Seconds of training loop so far, earlier runs of this checkpoint's lineage included."""
+        return self.spent_before + time.monotonic() - self.loop_start
+
+    def time_up(self) -> bool:
+        """Whether train.max_time is spent; also updates the schedule's time fraction. All
+        processes agree on both (the mean of their clocks), so they stop at the same step and
+        use the same learning rate."""
+        if self.cfg.max_seconds is None:
+            return False
+        spent = self.world.mean(self.spent(), self.device)
+        self.time_fraction = spent / self.cfg.max_seconds
+        return spent >= self.cfg.max_seconds
+
+    def finished(self) -> bool:
+        """Whether the step limit or the time budget has been reached."""
+        return ((self.cfg.max_steps is not None and self.step >= self.cfg.max_steps)
+                or (self.cfg.max_seconds is not None and self.spent() >= self.cfg.max_seconds))
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
         """One optimizer step on a batch of crops (audio (B, RF + N), speaker (B,), mel
         (B, n_mels, frames)). Returns the loss in nats (mean over all processes), the gradient
@@ -312,8 +377,10 @@ class Trainer:
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, grad_norm, False
+        lr = self.cfg.lr * lr_factor(self.step, self.cfg, self.time_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
-        self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return loss_value, grad_norm, True
@@ -359,11 +426,11 @@ class Trainer:
 
         cfg, main = self.cfg, self.world.is_main
         self.resume_or_start()
-        if self.step >= cfg.max_steps:
+        if self.finished():
             path = checkpoint.step_checkpoints(self.ckpt_dir)[-1]
             if main:
-                print(f"already trained to step {self.step} (train.max_steps={cfg.max_steps}): "
-                      f"nothing to do; checkpoint: {path}")
+                print(f"already trained to step {self.step} ({self._limits()}): nothing to do; "
+                      f"checkpoint: {path}")
             return path
         if main:
             rf_ms = 1000.0 * self.rf / self.sample_rate
@@ -371,6 +438,9 @@ class Trainer:
                   f"samples ({rf_ms:.1f} ms at {self.sample_rate} Hz); device {self.device}"
                   + (f" x {self.world.size} processes" if self.world.distributed else "")
                   + f"; run folder {self.run_dir}")
+            print(f"training until {self._limits()}"
+                  + (f"; {_clock(self.spent_before)} of the budget already used"
+                     if self.spent_before and cfg.max_seconds is not None else ""))
         writer = (SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
                   if main else None)
         crop_pred = self.dataset.crop_length - self.rf
@@ -378,6 +448,7 @@ class Trainer:
                            disable=not (cfg.progress and main), unit="step")
         last_saved, bad_steps = None, 0
         tick, samples_since = time.perf_counter(), 0
+        self.loop_start = time.monotonic()
         try:
             with StopRequest() as stop:
                 for batch in self._loader():
@@ -394,23 +465,23 @@ class Trainer:
                             break
                     else:
                         bad_steps = 0
-                    if main and taken and (self.step % cfg.log_every == 0
-                                           or self.step == cfg.max_steps):
+                    time_up = self.time_up()
+                    last = self.step == cfg.max_steps or time_up
+                    if main and taken and (self.step % cfg.log_every == 0 or last):
                         rate = samples_since / (time.perf_counter() - tick)
                         tick, samples_since = time.perf_counter(), 0
                         self._log_scalars(writer, bar, loss, grad_norm, rate)
-                    if main and self.valid_ids and (self.step % cfg.eval_every == 0
-                                                    or self.step == cfg.max_steps):
+                    if main and self.valid_ids and (self.step % cfg.eval_every == 0 or last):
                         self.evaluate(writer)
                     if main and cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.log_audio(writer)
                     # No checkpoint inside a run of skipped steps: the newest one then
                     # predates the trouble.
-                    if taken and (self.step % cfg.checkpoint_every == 0
-                                  or self.step in (cfg.max_steps, cfg.stop_at)):
+                    if taken and (self.step % cfg.checkpoint_every == 0 or last
+                                  or self.step == cfg.stop_at):
                         last_saved = self.save()
                     # Every process must stop at the same step, whichever got the signal.
-                    if self.world.any(stop.requested, self.device) or (
+                    if self.world.any(stop.requested, self.device) or time_up or (
                             cfg.stop_at is not None and self.step >= cfg.stop_at):
                         break
         finally:
@@ -427,11 +498,20 @@ class Trainer:
                      if np.isfinite(self.best_bits) else "") + ")")
         return last_saved
 
+    def _limits(self) -> str:
+        """The run's end, e.g. "step 2000 or 2h of training, whichever comes first"."""
+        cfg = self.cfg
+        steps = None if cfg.max_steps is None else f"step {cfg.max_steps}"
+        budget = None if cfg.max_seconds is None else f"{_clock(cfg.max_seconds)} of training"
+        if steps and budget:
+            return f"{steps} or {budget}, whichever comes first"
+        return steps or budget
+
     def _log_scalars(self, writer, bar, loss: float, grad_norm: float, rate: float) -> None:
         bits = loss / math.log(2)
         writer.add_scalar("train/loss", loss, self.step)
         writer.add_scalar("train/bits_per_sample", bits, self.step)
-        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+        writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
         writer.add_scalar("train/grad_norm", grad_norm, self.step)
         writer.add_scalar("train/samples_per_s", rate, self.step)
         bar.set_postfix(loss=f"{loss:.3f}", bits=f"{bits:.2f}", samples_s=f"{rate:,.0f}")
@@ -460,6 +540,14 @@ class Trainer:
         for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last]:
             old.unlink()
         return path
+
+
+def _clock(seconds: float) -> str:
+    """3725 -> "1h 2m 5s"."""
+    s = int(round(seconds))
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return " ".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
 
 
 def train(job: TrainJob, run_dir: str | Path) -> Path:
