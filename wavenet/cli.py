@@ -49,6 +49,20 @@ def to_job(cfg: DictConfig):
     return OmegaConf.to_object(cfg)
 
 
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
+    """The job dataclass that `wavenet-<config_name> <overrides…>` would run, for notebooks and
+    other programs: compose("train", ["experiment=demo", "train.max_steps=100"])."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=list(overrides))
+    try:
+        return to_job(cfg)
+    except MissingMandatoryValue as err:
+        raise UserError(f"{err.full_key} is not set: pass {err.full_key}=…") from None
+
+
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
@@ -64,6 +78,7 @@ _OS_ERROR_ADVICE = {
     errno.ENOTDIR: "a file is in the way of that folder: choose another path",
     errno.EEXIST: "a file is in the way of that folder: choose another path",
     errno.EISDIR: "a folder is in the way of that file: choose another path",
+    errno.EMFILE: "too many files open at once: lower n_samples, or raise the limit (ulimit -n)",
 }
 
 

@@ -192,16 +192,24 @@ class SampleJob:
     def __post_init__(self):
         for key in ("checkpoint", "prime", "mel_from", "out_dir"):
             setattr(self, key, checks.path(getattr(self, key)))
-        checks.integer("n_samples", self.n_samples, 1, 65536)
-        checks.number("seconds", self.seconds, 0, 86400, lo_open=True)
-        checks.number("temperature", self.temperature, 0, 100,
-                      hint="1 samples the model as trained, below 1 is more conservative, "
-                      "0 is greedy")
-        checks.integer("seed", self.seed, 0, 2**63 - 1)
-        checks.number("prime_seconds", self.prime_seconds, 0, lo_open=True, optional=True)
-        checks.choice("method", self.method, METHODS)
+        check_sampling(self.n_samples, self.seconds, self.temperature, self.seed,
+                       self.prime_seconds, self.method, self.threads, n_key="n_samples")
         checks.device("device", self.device)
-        checks.integer("threads", self.threads, 1, optional=True)
+
+
+def check_sampling(n: int, seconds: float, temperature: float, seed: int,
+                   prime_seconds: float | None, method: str, threads: int | None,
+                   n_key: str = "n") -> None:
+    """The sampling settings of the sample job and of `Model.generate`, checked alike."""
+    checks.integer(n_key, n, 1, 65536)
+    checks.number("seconds", seconds, 0, 86400, lo_open=True)
+    checks.number("temperature", temperature, 0, 100,
+                  hint="1 samples the model as trained, below 1 is more conservative, 0 is "
+                  "greedy")
+    checks.integer("seed", seed, 0, 2**63 - 1)
+    checks.number("prime_seconds", prime_seconds, 0, lo_open=True, optional=True)
+    checks.choice("method", method, METHODS)
+    checks.integer("threads", threads, 1, optional=True)
 
 
 @dataclass

@@ -1,0 +1,289 @@
+"""The Python API: load a trained model, generate audio as arrays, write it.
+
+    import wavenet
+    model = wavenet.load("outputs/demo")                 # a run folder or a checkpoint file
+    audio = model.generate(seconds=2, n=2, temperature=0.9, seed=0)   # (2, 32000) float32
+    wavenet.write_wav("out.wav", audio[0], model.sample_rate)
+
+Training from Python takes the job dataclasses the command line fills (`wavenet.TrainJob`, or
+`wavenet.compose("train", [overrides])` for the same presets) and `wavenet.train(job, run_dir)`.
+The `sample` program is this module plus files and a progress bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wavenet import checkpoint
+from wavenet.audio import AudioError, load_for_training
+from wavenet.config import TrainJob, check_sampling
+from wavenet.errors import UserError
+from wavenet.features import log_mel
+from wavenet.generate import generate, resolve_method
+from wavenet.model import WaveNet
+from wavenet.runtime import resolve_device
+
+AudioLike = str | Path | np.ndarray | torch.Tensor
+
+
+class Model:
+    """A trained WaveNet with what generation needs to know of its training.
+
+    Attributes:
+        net: the WaveNet module (eval mode).
+        job: the TrainJob it was trained with.
+        step: the training step of its checkpoint.
+        speakers: voice names, in id order (multi-speaker models), else [].
+        path: the checkpoint file it was loaded from.
+        weights: "ema" or "raw".
+    """
+
+    def __init__(self, net: WaveNet, ckpt: dict, path: Path, weights: str):
+        self.net, self.path, self.weights = net, path, weights
+        self.job: TrainJob = checkpoint.job_from_dict(ckpt["config"])
+        self.step: int = ckpt["step"]
+        self.speakers: list[str] = list(ckpt.get("speakers", []))
+
+    @classmethod
+    def load(cls, path: str | Path, use_ema: bool = True, device: str = "auto") -> Model:
+        """A checkpoint file, or a run folder (its best.pt, else its newest checkpoint)."""
+        resolved = checkpoint.resolve(path)
+        net, ckpt = checkpoint.load_model(resolved, use_ema, resolve_device(device))
+        weights = "ema" if use_ema and ckpt.get("ema") is not None else "raw"
+        return cls(net, ckpt, resolved, weights)
+
+    def __repr__(self) -> str:
+        kind = "vocoder" if self.is_vocoder else "WaveNet"
+        return (f"<wavenet {kind} from {self.path} (step {self.step}, {self.weights} weights): "
+                f"{self.net.num_parameters():,} parameters, receptive field "
+                f"{self.receptive_field}, {self.sample_rate} Hz"
+                + (f", speakers {self.speakers}" if self.speakers else "") + ">")
+
+    @property
+    def sample_rate(self) -> int:
+        return self.job.data.audio.sample_rate
+
+    @property
+    def receptive_field(self) -> int:
+        return self.net.receptive_field
+
+    @property
+    def is_vocoder(self) -> bool:
+        return self.net.cfg.mel is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    # ------------------------------------------------------------------------------ inputs
+    def speaker_id(self, speaker: str | int | None, key: str = "speaker") -> int | None:
+        """A voice by name (or id) -> its id; None for a model without speakers."""
+        if not self.net.cfg.n_speakers:
+            if speaker is not None:
+                raise UserError(f"{key}={speaker}: this checkpoint has no speakers")
+            return None
+        if isinstance(speaker, int) and not isinstance(speaker, bool):
+            if 0 <= speaker < len(self.speakers):
+                return speaker
+            raise UserError(f"{key}={speaker}: ids run 0..{len(self.speakers) - 1}; "
+                            f"known speakers: {', '.join(self.speakers)}")
+        if speaker is None or speaker not in self.speakers:
+            what = (f"pick one with {key}=<name>" if speaker is None
+                    else f"unknown speaker {speaker!r}")
+            raise UserError(f"{what}; known speakers: {', '.join(self.speakers)}")
+        return self.speakers.index(speaker)
+
+    def load_audio(self, path: str | Path, key: str = "prime",
+                   min_keep: int | None = None) -> np.ndarray:
+        """An audio file preprocessed as the training audio was (rate, trimming, level): (T,)."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise AudioError(f"{key}={path}: no such file")
+        audio_cfg = self.job.data.audio
+        return load_for_training(path, audio_cfg, min_keep=min_keep or audio_cfg.sample_rate // 10)
+
+    def log_mel(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The features this vocoder is driven by: (T,) audio at `sample_rate` -> (n_mels, F)
+        natural-log mel magnitudes, F = T // hop (frame j drives samples j·hop … (j+1)·hop-1)."""
+        mel = self._mel_config()
+        audio = np.asarray(audio, dtype=np.float32)
+        frames = len(audio) // mel.hop_length
+        if frames < 1:
+            raise UserError(f"audio of {len(audio)} samples is shorter than one mel frame "
+                            f"({mel.hop_length} samples)")
+        return log_mel(audio, self.sample_rate, mel)[:, :frames].numpy()
+
+    def load_mel(self, source: str | Path, key: str = "mel"
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features to vocode from a file: an audio file (copy synthesis) or a .npy array of
+        shape (frames, n_mels). Returns ((n_mels, F) features, the source audio or None)."""
+        mel = self._mel_config()
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise UserError(f"{key}={path}: no such file; give an audio file (copy synthesis) "
+                            "or a .npy array of shape (frames, n_mels)")
+        if path.suffix.lower() != ".npy":
+            audio = self.load_audio(path, key, min_keep=mel.hop_length)
+            audio = audio[: len(audio) // mel.hop_length * mel.hop_length]
+            if not len(audio):
+                raise UserError(f"{key}={path} is shorter than one mel frame")
+            return self.log_mel(audio), audio
+        try:
+            feats = np.load(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{key}={path}: not a readable .npy file ({err})") from err
+        if feats.ndim != 2 or feats.shape[1] != mel.n_mels or not len(feats) \
+                or not np.issubdtype(feats.dtype, np.number):
+            raise UserError(f"{key}={path} has shape {feats.shape}; expected {self._mel_shape()}")
+        return self._check_mel(feats.T, key, str(path)), None
+
+    def _mel_config(self):
+        if self.net.cfg.mel is None:
+            raise UserError("this checkpoint is not a vocoder: it takes no mel features")
+        return self.net.cfg.mel
+
+    def _mel_shape(self) -> str:
+        mel = self._mel_config()
+        return (f"(frames, {mel.n_mels}) natural-log mel magnitudes, hop {mel.hop_length} at "
+                f"{self.sample_rate} Hz")
+
+    def _check_mel(self, feats, key: str, what: str) -> np.ndarray:
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        if not np.isfinite(feats).all():
+            raise UserError(f"{key}={what} holds NaN or infinite values; expected "
+                            f"{self._mel_shape()}")
+        return feats
+
+    # -------------------------------------------------------------------------- generation
+    def generate(self, seconds: float = 2.0, n: int = 1, *, prime: AudioLike | None = None,
+                 prime_seconds: float | None = None, speaker: str | int | None = None,
+                 mel: AudioLike | None = None, temperature: float = 1.0, seed: int = 0,
+                 method: str = "fast", threads: int | None = None,
+                 on_samples: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """Generate `n` streams of new audio.
+
+        Args:
+            seconds: new audio per stream (vocoders: set by the mel frames instead).
+            n: streams, generated together as one batch (vocoders: from `mel` if it is 3-D).
+            prime: audio to continue: a file (preprocessed like the training audio) or an array
+                (T,) or (n, T) in [-1, 1] at `sample_rate`; None starts from silence.
+            prime_seconds: keep only the last this-many seconds of the prime.
+            speaker: a voice name or id (multi-speaker models).
+            mel: vocoders: an audio file (copy synthesis), a .npy file (frames, n_mels), or an
+                array (n_mels, F) or (n, n_mels, F) of natural-log mel magnitudes (see
+                `log_mel`).
+            temperature: 1 samples the model as trained, below 1 is more conservative, 0 is
+                greedy.
+            seed: the same seed gives the same audio, whichever the method.
+            method: "fast", "incremental" or "naive" (see `wavenet.generate.generate`).
+            threads: CPU threads of the fast path (default: torch's).
+            on_samples: called about 4 times a second with the new audio (n, m) float32 made
+                since the last call (for streaming or progress).
+        Returns:
+            (n, T) float32 audio in [-1, 1], the new samples only (the prime is not repeated).
+        """
+        check_sampling(n, seconds, temperature, seed, prime_seconds, method, threads)
+        net, device, dist = self.net, self.device, self.net.dist
+        feats = self._mel_batch(mel, n)
+        if feats is not None:
+            if prime is not None:
+                raise UserError("a prime and mel features don't go together: a vocoder "
+                                "follows its mel")
+            n = feats.shape[0]
+        context = self._prime_values(prime, prime_seconds, n)
+        speaker_id = self.speaker_id(speaker)
+        speakers = (None if speaker_id is None
+                    else torch.full((n,), speaker_id, dtype=torch.long, device=device))
+        length = int(round(seconds * self.sample_rate))
+        if feats is None and length < 1:
+            raise UserError(f"seconds={seconds:g} is less than one sample at "
+                            f"{self.sample_rate} Hz")
+        generator = torch.Generator(device=device).manual_seed(seed)
+        callback = None
+        if on_samples is not None:
+            def callback(values: torch.Tensor) -> None:
+                on_samples(dist.decode(values.cpu()).numpy())
+        values = generate(net, length, context, n, temperature, generator, on_samples=callback,
+                          speaker=speakers, mel=feats, method=method, threads=threads)
+        return dist.decode(values.cpu()).numpy()
+
+    def method(self, method: str = "fast") -> str:
+        """What a method runs as here: "native" (the compiled step), "incremental" or "naive"."""
+        return resolve_method(self.net, method)
+
+    def prime_audio(self, prime: AudioLike, seconds: float | None = None) -> torch.Tensor:
+        """A prime as the model continues it: a file preprocessed like the training audio, or
+        an array (T,) or (B, T) in [-1, 1]; only its last `seconds` if given. -> (T,) or (B, T)
+        float32."""
+        if isinstance(prime, (str, Path)):
+            audio = torch.from_numpy(self.load_audio(prime, "prime"))
+        else:
+            audio = torch.as_tensor(np.asarray(prime, dtype=np.float32))
+            if audio.ndim not in (1, 2):
+                raise UserError(f"prime has shape {tuple(audio.shape)}; expected (T,) or (B, T) "
+                                "audio in [-1, 1]")
+            if not torch.isfinite(audio).all():
+                raise UserError("prime holds NaN or infinite samples")
+        if seconds is not None:
+            audio = audio[..., -max(1, int(seconds * self.sample_rate)):]
+        if audio.shape[-1] < 1:
+            raise AudioError(f"prime={prime if isinstance(prime, (str, Path)) else 'array'}: "
+                             "it holds no samples")
+        return audio.clamp(-1, 1)
+
+    def _prime_values(self, prime: AudioLike | None, seconds: float | None,
+                      n: int) -> torch.Tensor | None:
+        """The prime as model values (n, P), or None."""
+        if prime is None:
+            return None
+        audio = self.prime_audio(prime, seconds)
+        if audio.ndim == 2 and audio.shape[0] not in (1, n):
+            raise UserError(f"prime has {audio.shape[0]} rows for {n} streams: give one row, "
+                            f"or one per stream")
+        values = self.net.dist.encode(audio).to(self.device)
+        return values.expand(n, -1).contiguous() if values.ndim == 1 or values.shape[0] == 1 \
+            else values
+
+    def _mel_batch(self, mel: AudioLike | None, n: int) -> torch.Tensor | None:
+        """Features (n, n_mels, F) on the model's device, or None for a non-vocoder."""
+        if not self.is_vocoder:
+            if mel is not None:
+                raise UserError("this checkpoint is not a vocoder: it takes no mel features")
+            return None
+        if mel is None:
+            raise UserError("this checkpoint is a vocoder: give mel features (an audio file to "
+                            "re-synthesize, a .npy file or an array)")
+        if isinstance(mel, (str, Path)):
+            feats = self.load_mel(mel)[0]
+        else:
+            feats = self._check_mel(np.asarray(mel), "mel", "array")
+            n_mels = self._mel_config().n_mels
+            if feats.ndim not in (2, 3) or feats.shape[-2] != n_mels or feats.shape[-1] < 1:
+                raise UserError(f"mel has shape {feats.shape}; expected (n_mels={n_mels}, F) "
+                                f"or (B, {n_mels}, F) natural-log mel magnitudes")
+        feats = torch.from_numpy(feats).to(self.device)
+        return feats[None].expand(n, -1, -1).contiguous() if feats.ndim == 2 else feats
+
+
+def load(path: str | Path, use_ema: bool = True, device: str = "auto") -> Model:
+    """Load a trained model: a checkpoint file, or a run folder (its best.pt, else its newest
+    step checkpoint). EMA weights are used when the checkpoint has them and `use_ema`."""
+    return Model.load(path, use_ema, device)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """Write mono audio (T,) in [-1, 1] as a 16-bit PCM WAV (folders are created)."""
+    import soundfile as sf
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise UserError(f"write_wav takes one stream (T,), not shape {audio.shape}: write "
+                        "each row of a batch to its own file")
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    return path
