@@ -128,10 +128,10 @@ class Model:
                             "or a .npy array of shape (frames, n_mels)")
         if path.suffix.lower() != ".npy":
             audio = self.load_audio(path, key, min_keep=mel.hop_length)
-            audio = audio[: len(audio) // mel.hop_length * mel.hop_length]
-            if not len(audio):
+            if len(audio) < mel.hop_length:
                 raise UserError(f"{key}={path} is shorter than one mel frame")
-            return self.log_mel(audio), audio
+            feats = self.log_mel(audio)
+            return feats, audio[: feats.shape[1] * mel.hop_length]
         try:
             feats = np.load(path)
         except (OSError, ValueError) as err:

@@ -6,6 +6,7 @@ Each check raises a `UserError` whose one line names the key, the value and what
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -94,3 +95,14 @@ def duration_seconds(key: str, value: str | None) -> float | None:
     if not seconds > 0:
         _fail(key, value, "must be a positive duration such as 90s, 10m, 2h, 1h30m or 1d")
     return seconds
+
+
+def validate(job) -> None:
+    """Check a job dataclass again, nested ones first: fields set after it was built (from
+    Python) get the same checks as values from the command line."""
+    for f in dataclasses.fields(job):
+        value = getattr(job, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate(value)
+    if hasattr(job, "__post_init__"):
+        job.__post_init__()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wavenet import checkpoint
+from wavenet import checkpoint, checks
 from wavenet.config import EvaluateJob
 from wavenet.data import (
     AudioCache,
@@ -78,6 +78,7 @@ def heldout_nll(model: WaveNet, cache: AudioCache, file_ids: list[int],
 
 def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     """Score a checkpoint on held-out audio; print and write the result as JSON."""
+    checks.validate(job)
     set_threads(job.threads)
     device = resolve_device(job.device)
     model, ckpt = checkpoint.load_model(job.checkpoint, job.use_ema, device)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wavenet import checks
 from wavenet.api import Model
 from wavenet.audio import AudioError
 from wavenet.config import SampleJob
@@ -55,6 +56,7 @@ class StreamingWavs:
 
 def sample(job: SampleJob, out_dir: Path) -> list[Path]:
     """Generate `job.n_samples` streams as one batch; returns the WAV paths written."""
+    checks.validate(job)
     set_threads(job.threads)
     for key in ("prime", "mel_from"):  # before the checkpoint is even read
         path = getattr(job, key)

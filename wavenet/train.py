@@ -552,6 +552,7 @@ def _clock(seconds: float) -> str:
 
 def train(job: TrainJob, run_dir: str | Path) -> Path:
     """Train (or resume) and return the path of the final checkpoint."""
+    checks.validate(job)
     trainer = Trainer(job, Path(run_dir))
     try:
         return trainer.fit()
