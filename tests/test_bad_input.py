@@ -14,9 +14,11 @@ import torch
 
 from tests.conftest import compose_job, run_script, tiny_train_overrides, write_tone_folder
 from wavenet import checkpoint
-from wavenet.audio import AudioConfig, AudioError
-from wavenet.cli import os_error_line
-from wavenet.data import CropDataset, open_cache
+from wavenet import data as data_module
+from wavenet.audio import AudioConfig, AudioError, load_for_training
+from wavenet.cli import os_error_line, out_of_memory_line
+from wavenet.data import CropDataset, open_cache, speaker_labels
+from wavenet.errors import UserError
 from wavenet.train import train
 
 AUDIO = AudioConfig(sample_rate=8000, trim_db=None, normalize=None)
@@ -146,3 +148,187 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tone_folder
     assert ".pt: No space left on device; free some space" in line
     assert first.read_bytes() == before and checkpoint.load(first)["step"] == 2
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))  # no torn files left
+
+
+def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
+    folder = write_tone_folder(tmp_path / "a", n_files=2, rate=8000)
+    for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        x = np.full(4000, 0.1, np.float32)
+        x[100] = bad
+        sf.write(folder / name, x, 8000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING):
+        cache = open_cache(folder, AudioConfig(sample_rate=8000), tmp_path / "cache")
+    assert {f.path for f in cache.files} == {"tone_0.wav", "tone_1.wav"}
+    assert "nan.wav: 1 samples are NaN or infinite" in caplog.text
+    assert "inf.wav: 1 samples are NaN or infinite" in caplog.text
+    assert f"skipped 2 of 4 files in {folder}" in caplog.text
+
+
+# Every kind of value in every job: the key, the value and what is allowed, before any work.
+@pytest.mark.parametrize("program,override,expected", [
+    ("train", "train.lr=-0.001", "train.lr=-0.001: must be in (0, 10]"),
+    ("train", "train.lr=nan", "train.lr=nan: must be in (0, 10]"),
+    ("train", "train.final_lr=0.1", "train.final_lr=0.1: must be in [0, 0.001] or null"),
+    ("train", "train.batch_size=0", "train.batch_size=0: must be an integer >= 1"),
+    ("train", "train.max_steps=-5", "train.max_steps=-5: must be an integer >= 1 or null"),
+    ("train", "train.max_steps=null", "train.max_steps=null needs a time budget"),
+    ("train", "train.max_time=soon", "train.max_time=soon: must be a positive duration"),
+    ("train", "train.max_time=0m", "train.max_time=0m: must be a positive duration"),
+    ("train", "train.warmup_steps=-1", "train.warmup_steps=-1: must be an integer >= 0"),
+    ("train", "train.betas=[0.9]", "train.betas=[0.9]: give two values"),
+    ("train", "train.betas=[0.9,1.5]", "train.betas[1]=1.5: must be in [0, 1)"),
+    ("train", "train.ema_decay=1.0", "train.ema_decay=1.0: must be in [0, 1) or null"),
+    ("train", "train.grad_clip=0", "train.grad_clip=0.0: must be > 0 or null"),
+    ("train", "train.weight_decay=-1", "train.weight_decay=-1.0: must be >= 0"),
+    ("train", "train.eval_every=0", "train.eval_every=0: must be an integer >= 1"),
+    ("train", "train.sample_every=0", "train.sample_every=0: must be an integer >= 1 or null"),
+    ("train", "train.sample_seconds=0", "train.sample_seconds=0.0: must be in (0, 3600]"),
+    ("train", "train.eval_max_seconds=-1", "train.eval_max_seconds=-1.0: must be > 0 or null"),
+    ("train", "train.seed=-1", "train.seed=-1: must be an integer in 0..9223372036854775807"),
+    ("train", "train.threads=0", "train.threads=0: must be an integer >= 1 or null"),
+    ("train", "train.device=tpu", "train.device=tpu: use auto, cpu, cuda or cuda:N"),
+    ("train", "train.precision=fp8", "train.precision=fp8: use fp32, bf16"),
+    ("train", "train.resume_changes=maybe", "train.resume_changes=maybe: use refuse, allow"),
+    ("train", "train.stop_at=0", "train.stop_at=0: must be an integer >= 1 or null"),
+    ("train", "data.crop_samples=0", "data.crop_samples=0: must be an integer >= 1"),
+    ("train", "data.valid_fraction=1.5", "data.valid_fraction=1.5: must be in [0, 1)"),
+    ("train", "data.num_workers=-1", "data.num_workers=-1: must be an integer in 0..256"),
+    ("train", "data.audio.sample_rate=7", "data.audio.sample_rate=7: must be an integer in "
+     "1000..384000"),
+    ("train", "data.audio.trim_db=-10", "data.audio.trim_db=-10.0: must be > 0 or null"),
+    ("train", "data.audio.normalize=loud", "data.audio.normalize=loud: use peak, rms, null"),
+    ("train", "data.audio.peak_level=2", "data.audio.peak_level=2.0: must be in (0, 1]"),
+    ("train", "data.audio.rms_level_db=6", "data.audio.rms_level_db=6.0: must be in [-100, 0]"),
+    ("train", "model.residual_channels=0", "model.residual_channels=0: must be an integer in "
+     "1..8192"),
+    ("train", "model.layers_per_cycle=40", "model.layers_per_cycle=40: must be an integer in "
+     "1..24"),
+    ("train", "model.kernel_size=5", "model.kernel_size=5: use 2 or 3"),
+    ("train", "model.quantization_channels=1", "model.quantization_channels=1: must be an "
+     "integer in 2..65536"),
+    ("train", "model.n_speakers=-2", "model.n_speakers=-2: must be an integer in 0..1000000"),
+    ("train", "model.log_scale_min=5", "model.log_scale_min=5.0: must be in [-20, 0]"),
+    ("vocoder", "model.mel.n_fft=0", "model.mel.n_fft=0: must be an integer in 8..65536"),
+    ("vocoder", "model.mel.n_mels=600", "model.mel.n_mels=600: must be an integer in 1..513"),
+    ("vocoder", "model.mel.log_floor=0", "model.mel.log_floor=0.0: must be in (0, 1)"),
+    ("vocoder", "model.mel.f_max=20000", "model.mel.f_max=20000.0: must be in (0, 8000] or "
+     "null (half of data.audio.sample_rate is 8000)"),
+    ("vocoder", "model.upsample_scales=[4,0]", "model.upsample_scales[1]=0: must be an integer"),
+    ("sample", "temperature=-1", "temperature=-1.0: must be in [0, 100]"),
+    ("sample", "n_samples=0", "n_samples=0: must be an integer in 1..65536"),
+    ("sample", "seconds=0", "seconds=0.0: must be in (0, 86400]"),
+    ("sample", "prime_seconds=0", "prime_seconds=0.0: must be > 0 or null"),
+    ("sample", "seed=-4", "seed=-4: must be an integer"),
+    ("sample", "method=quick", "method=quick: use fast, incremental, naive"),
+    ("sample", "threads=0", "threads=0: must be an integer >= 1 or null"),
+    ("evaluate", "split=test", "split=test: use valid, train, all"),
+    ("evaluate", "max_seconds=0", "max_seconds=0.0: must be > 0 or null"),
+    ("evaluate", "resynth_files=-1", "resynth_files=-1: must be an integer >= 0"),
+    ("evaluate", "data.valid_fraction=1", "data.valid_fraction=1.0: must be in [0, 1) or null"),
+    ("bench", "batch_sizes=[1,0]", "batch_sizes[1]=0: must be an integer in 1..65536"),
+    ("bench", "fast_seconds=0", "fast_seconds=0.0: must be > 0"),
+    ("bench", "models=[]", "models=[]: name at least one model config"),
+])
+def test_every_value_out_of_its_domain_is_named_with_what_is_allowed(program, override,
+                                                                     expected):
+    required = {"train": ["data.root=/x"], "vocoder": ["experiment=vocoder", "data.root=/x"],
+                "sample": ["checkpoint=x.pt"], "evaluate": ["checkpoint=x.pt"], "bench": []}
+    with pytest.raises(UserError) as raised:
+        compose_job("train" if program == "vocoder" else program, required[program] + [override])
+    assert str(raised.value).startswith(expected), str(raised.value)
+
+
+def test_out_of_domain_values_stop_the_programs_before_any_work(tmp_path):
+    for program, override, expected in (
+            ("train", "train.lr=-1", "train.lr=-1.0: must be in (0, 10]"),
+            ("sample", "temperature=-1", "temperature=-1.0: must be in [0, 100]"),
+            ("evaluate", "resynth_files=-1", "resynth_files=-1: must be an integer >= 0")):
+        args = {"train": ["data=demo_piano", f"data.cache_dir={tmp_path}/cache"],
+                "sample": ["checkpoint=x.pt"], "evaluate": ["checkpoint=x.pt"]}[program]
+        one_line_error(run_script(program, *args, override, cwd=tmp_path), expected)
+    assert not (tmp_path / "cache").exists()  # nothing was preprocessed
+
+
+def test_values_set_from_python_are_checked_when_the_job_runs(tone_folder, tmp_path):
+    job = compose_job("train", tiny_train_overrides(tone_folder, tmp_path))
+    job.train.lr = -1.0
+    with pytest.raises(UserError, match=r"train.lr=-1.0: must be in \(0, 10\]"):
+        train(job, tmp_path / "run")
+
+
+def test_home_is_expanded_in_every_path_field(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = str(tmp_path)
+    job = compose_job("train", ["data.root='~/a'", "data.valid_root='~/v'", "data.cache_dir='~/c'",
+                                "data.speakers='~/s.csv'", "train.resume='~/r.pt'"])
+    assert (job.data.root, job.data.valid_root, job.data.cache_dir, job.data.speakers,
+            job.train.resume) == tuple(f"{home}/{p}" for p in ("a", "v", "c", "s.csv", "r.pt"))
+    job = compose_job("sample", ["checkpoint='~/run'", "prime='~/p.wav'", "mel_from='~/m.npy'",
+                                 "out_dir='~/out'"])
+    assert (job.checkpoint, job.prime, job.mel_from, job.out_dir) == tuple(
+        f"{home}/{p}" for p in ("run", "p.wav", "m.npy", "out"))
+    job = compose_job("evaluate", ["checkpoint='~/run'", "out='~/e.json'", "data.root='~/d'",
+                                   "data.valid_root='~/dv'", "data.cache_dir='~/dc'"])
+    assert (job.checkpoint, job.out, job.data.root, job.data.valid_root, job.data.cache_dir) \
+        == tuple(f"{home}/{p}" for p in ("run", "e.json", "d", "dv", "dc"))
+    assert compose_job("bench", ["out='~/b.json'"]).out == f"{home}/b.json"
+
+
+def test_missing_prime_or_mel_file_is_named_before_the_checkpoint_is_read(tmp_path):
+    one_line_error(run_script("sample", "checkpoint=nothing.pt", f"prime={tmp_path}/p.wav",
+                              cwd=tmp_path), f"prime={tmp_path}/p.wav: no such file")
+    one_line_error(run_script("sample", "checkpoint=nothing.pt", f"mel_from={tmp_path}/m.npy",
+                              cwd=tmp_path), f"mel_from={tmp_path}/m.npy: no such file")
+
+
+def test_an_evaluation_result_path_that_is_a_folder(tone_folder, tmp_path):
+    ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path, steps=1)),
+                 tmp_path / "run")
+    (tmp_path / "taken").mkdir()
+    one_line_error(run_script("evaluate", f"checkpoint={ckpt}", f"out={tmp_path}/taken",
+                              cwd=tmp_path),
+                   f"{tmp_path}/taken: Is a directory; a folder is in the way of that file")
+
+
+def test_unreadable_or_misplaced_speaker_manifests(tmp_path):
+    folder = write_tone_folder(tmp_path / "voices" / "ann", n_files=2, rate=8000).parent
+    cache = open_cache(folder, AUDIO, tmp_path / "cache")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(AudioError, match="is not a UTF-8 CSV file of rows path,speaker"):
+        speaker_labels(cache, str(binary))
+    outside = tmp_path / "outside.csv"
+    outside.write_text("/elsewhere/x.wav,ann\n")
+    with pytest.raises(AudioError, match=r"outside.csv:1: /elsewhere/x.wav is not under data.root"):
+        speaker_labels(cache, str(outside))
+    blank = tmp_path / "blank.csv"
+    blank.write_text("ann/tone_0.wav,\n")
+    with pytest.raises(AudioError, match=r"blank.csv:1: expected path,speaker"):
+        speaker_labels(cache, str(blank))
+
+
+def test_running_out_of_memory_is_one_line():
+    line = out_of_memory_line(RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough memory: you "
+        "tried to allocate 22000000000000 bytes."))
+    assert line.startswith("out of memory ([enforce fail") and "lower train.batch_size" in line
+    assert out_of_memory_line(MemoryError()).startswith("out of memory (MemoryError)")
+    assert out_of_memory_line(RuntimeError("shape mismatch")) is None
+
+
+def test_an_interrupted_preprocessing_leaves_no_partial_files(tmp_path, monkeypatch):
+    folder = write_tone_folder(tmp_path / "a", n_files=3, rate=8000)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return load_for_training(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_for_training", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        open_cache(folder, AUDIO, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
+    assert len(open_cache(folder, AUDIO, tmp_path / "cache").files) == 3

@@ -1,0 +1,105 @@
+"""A wall-clock budget (train.max_time), resumes that refuse to change a run silently, and a
+preprocessing cache keyed by everything that shapes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import compose_job, run_script, tiny_train_overrides
+from wavenet import checkpoint
+from wavenet.audio import AudioConfig
+from wavenet.checks import duration_seconds
+from wavenet.config import TrainConfig
+from wavenet.data import open_cache
+from wavenet.train import lr_factor, train
+
+from .test_bad_input import one_line_error
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("1d", 86400),
+    ("600", 600), ("2.5", 2.5), (" 1h 5s ", 3605),
+])
+def test_durations(text, seconds):
+    assert duration_seconds("train.max_time", text) == seconds
+
+
+def test_the_schedule_spans_the_time_budget():
+    cfg = TrainConfig(max_steps=None, max_time="1h", lr=1e-3, final_lr=1e-5, warmup_steps=10)
+    assert lr_factor(4, cfg, 0.0) == pytest.approx(0.5)  # warm-up is in steps
+    assert lr_factor(100, cfg, 0.0) == pytest.approx(1.0)
+    assert lr_factor(100, cfg, 0.5) == pytest.approx((1 + 0.01) / 2)
+    assert lr_factor(10**6, cfg, 1.0) == pytest.approx(0.01)
+    both = TrainConfig(max_steps=110, max_time="1h", warmup_steps=10)
+    # Whichever limit the run is closer to sets the pace.
+    assert lr_factor(60, both, 0.1) == lr_factor(60, both, 0.0) == pytest.approx((1 + 0.01) / 2)
+    assert lr_factor(20, both, 0.5) == pytest.approx((1 + 0.01) / 2)
+
+
+def test_a_time_budget_stops_with_a_checkpoint_and_resumes_with_the_same_meaning(tone_folder,
+                                                                                 tmp_path,
+                                                                                 capsys):
+    budget = tiny_train_overrides(tone_folder, tmp_path, steps=2) + [
+        "train.max_steps=null", "train.max_time=3s", "train.eval_every=1000",
+        "train.checkpoint_every=1000"]
+    first = train(compose_job("train", budget), tmp_path / "run")
+    ckpt = checkpoint.load(first)
+    assert ckpt["step"] > 5 and 3.0 <= ckpt["elapsed_s"] < 30
+    # The schedule ran to its end with the budget: the last step's rate is about final_lr.
+    last_lr = ckpt["optimizer"]["param_groups"][0]["lr"]
+    assert last_lr < 0.05 * 1e-3
+    assert "training until 3s of training" in capsys.readouterr().out
+
+    again = train(compose_job("train", budget + ["train.resume=auto"]), tmp_path / "run")
+    assert again == first and "nothing to do" in capsys.readouterr().out
+
+    longer = budget + ["train.resume=auto", "train.max_time=5s"]
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"train.max_time=3s \(now 5s\); .*train.resume_changes=allow"):
+        train(compose_job("train", longer), tmp_path / "run")
+    more = checkpoint.load(train(compose_job("train", longer + ["train.resume_changes=allow"]),
+                                 tmp_path / "run"))
+    assert more["step"] > ckpt["step"] and 5.0 <= more["elapsed_s"] < ckpt["elapsed_s"] + 30
+    assert "3s of the budget already used" in capsys.readouterr().out
+
+
+def test_steps_and_time_together_stop_at_whichever_comes_first(tone_folder, tmp_path):
+    job = compose_job("train", tiny_train_overrides(tone_folder, tmp_path, steps=3)
+                      + ["train.max_time=1h"])
+    assert checkpoint.load(train(job, tmp_path / "run"))["step"] == 3
+
+
+def test_resuming_with_settings_that_change_the_run_is_refused(tone_folder, tmp_path):
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=4) + ["name=r", "train.stop_at=2"]
+    done = run_script("train", *base, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    changed = [o for o in base if not o.startswith("train.stop_at")] + [
+        "train.resume=auto", "train.lr=0.002", "train.batch_size=4", "data.crop_samples=100"]
+    one_line_error(run_script("train", *changed, cwd=tmp_path),
+                   "step-00000002.pt was trained with other settings: data.crop_samples=200 "
+                   "(now 100), train.batch_size=2 (now 4), train.lr=0.001 (now 0.002); resume "
+                   "with the same values, or pass train.resume_changes=allow")
+    # How a run is watched, stored or split into jobs may change freely.
+    free = [o for o in base if not o.startswith("train.stop_at")] + [
+        "train.resume=auto", "train.log_every=3", "train.keep_last=1", "train.eval_every=1",
+        "data.num_workers=1", "train.progress=true"]
+    done = run_script("train", *free, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    allowed = changed + ["train.resume_changes=allow", "train.max_steps=3"]
+    done = run_script("train", *allowed, cwd=tmp_path)
+    assert done.returncode == 0 and "resuming with changed settings" in done.stderr + done.stdout
+
+
+def test_the_cache_key_covers_trimmings_minimum_length(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    x = np.zeros(4000, np.float32)
+    x[1000:1300] = 0.5 * np.sin(np.arange(300) / 3)  # 300 loud samples inside silence
+    sf.write(folder / "x.wav", x, 8000)
+    cfg = AudioConfig(sample_rate=8000, trim_db=40.0)
+    short = open_cache(folder, cfg, tmp_path / "cache", min_length=1)
+    whole = open_cache(folder, cfg, tmp_path / "cache", min_length=1000)
+    assert short.directory != whole.directory
+    assert short.files[0].length < 400 and whole.files[0].length == 4000
