@@ -332,3 +332,36 @@ def test_an_interrupted_preprocessing_leaves_no_partial_files(tmp_path, monkeypa
     assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
     monkeypatch.undo()
     assert len(open_cache(folder, AUDIO, tmp_path / "cache").files) == 3
+
+
+def test_too_many_open_files_is_one_line():
+    line = os_error_line(OSError(errno.EMFILE, "Too many open files", "out/sample_99.wav"))
+    assert line == ("out/sample_99.wav: Too many open files; too many files open at once: lower "
+                    "n_samples, or raise the limit (ulimit -n)")
+
+
+def test_ctrl_c_while_sampling_is_one_line_and_keeps_the_audio(tone_folder, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from wavenet.cli import REPO_ROOT
+
+    ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path, steps=1)),
+                 tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / "sample.py"),
+                             f"checkpoint={ckpt}", "seconds=600", "out_dir=gen",
+                             "progress=false", "method=incremental"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wav = tmp_path / "gen" / "sample_00.wav"
+    deadline = time.monotonic() + 120
+    while not (wav.exists() and wav.stat().st_size > 4000):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert "Traceback" not in err
+    audio, rate = sf.read(wav)
+    assert rate == 8000 and len(audio) >= 1000

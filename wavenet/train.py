@@ -449,6 +449,7 @@ class Trainer:
         last_saved, bad_steps = None, 0
         tick, samples_since = time.perf_counter(), 0
         self.loop_start = time.monotonic()
+        self.time_up()  # the schedule's time fraction where a resumed budget left off
         try:
             with StopRequest() as stop:
                 for batch in self._loader():
