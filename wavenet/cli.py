@@ -6,6 +6,7 @@ This is the only module that imports Hydra or OmegaConf.
 from __future__ import annotations
 
 import errno
+import importlib.resources
 import logging
 import os
 import sys
@@ -16,15 +17,22 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from wavenet.config import BenchJob, EvaluateJob, SampleJob, TrainJob
 from wavenet.errors import UserError
 from wavenet.model import WaveNetConfig
 
+# The source checkout, when wavenet runs from one (editable install, or PYTHONPATH).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Absolute, so the console scripts find the configs from any working folder (editable install).
-CONFIG_DIR = str(REPO_ROOT / "configs")
+# A wheel carries configs/ as wavenet/configs (pyproject.toml maps it there); a checkout, editable
+# install included, has only its top-level configs/. Looking beside this copy of the package
+# rather than importing wavenet.configs: setuptools' editable finder can't import that folder
+# (it has no __init__.py), and the configs must belong to the code that runs.
+_PACKAGED_CONFIGS = Path(str(importlib.resources.files("wavenet") / "configs"))
+FROM_CHECKOUT = not _PACKAGED_CONFIGS.is_dir()
+# Absolute, so the console scripts find the configs from any working folder.
+CONFIG_DIR = str(REPO_ROOT / "configs" if FROM_CHECKOUT else _PACKAGED_CONFIGS)
 
 log = logging.getLogger("wavenet")
 
@@ -37,8 +45,16 @@ def register_configs() -> None:
     store.store(name="evaluate_schema", node=EvaluateJob)
     store.store(name="bench_schema", node=BenchJob)
     if not OmegaConf.has_resolver("repo"):
-        # ${repo:data/demo} -> an absolute path inside this checkout, whatever the working folder.
-        OmegaConf.register_new_resolver("repo", lambda rel: str(REPO_ROOT / rel))
+        OmegaConf.register_new_resolver("repo", checkout_path)
+
+
+def checkout_path(rel: str) -> str:
+    """${repo:data/demo/…}: an absolute path inside this checkout, whatever the working folder."""
+    if not FROM_CHECKOUT:
+        raise UserError(f"the bundled demo data ({rel}) comes with the source checkout, not with "
+                        "an installed wavenet: run from a clone of the repository, or instead of "
+                        "data=demo_… pass data.root=/path/to/your/audio")
+    return str(REPO_ROOT / rel)
 
 
 register_configs()
@@ -140,6 +156,11 @@ def _entry(config_name: str, body: Callable[[DictConfig], object]) -> Callable[[
             _fail(f"{err.full_key} is not set: pass {err.full_key}=…")
         except UserError as err:
             _fail(str(err))  # a user error is one line, not a traceback
+        except InterpolationResolutionError as err:
+            cause = _user_error_behind(err)
+            if cause is None:
+                raise
+            _fail(str(cause))
         except OSError as err:
             line = os_error_line(err)
             if line is None:
@@ -165,6 +186,13 @@ def _entry(config_name: str, body: Callable[[DictConfig], object]) -> Callable[[
             sys.exit(130)
 
     return entry
+
+
+def _user_error_behind(err: BaseException | None) -> UserError | None:
+    """The UserError a resolver raised, which OmegaConf hands on wrapped in its own errors."""
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _fail(message: str) -> None:
