@@ -77,6 +77,11 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
         return to_job(cfg)
     except MissingMandatoryValue as err:
         raise UserError(f"{err.full_key} is not set: pass {err.full_key}=…") from None
+    except InterpolationResolutionError as err:
+        cause = _user_error_behind(err)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def run_dir() -> Path:
