@@ -68,6 +68,13 @@ class ResidualBlock(nn.Module):
         return (x + res) * math.sqrt(0.5), skip
 
 
+# torch.compile runs this eagerly and compiles the rest of the forward around it. Dynamo cannot
+# trace the stack (out= writes into views; the backward's first nonzero row is a data-dependent
+# int): left to try, it breaks the graph inside it several times and falls back to eager for
+# whole frames. It is already one GEMM per tap with in-place elementwise work, so compiling it
+# would buy little: on the CPU, training steps were no faster with Dynamo's attempt (bf16:
+# slower) and its first step compiled longer.
+@torch.compiler.disable
 def residual_stack(layers: nn.ModuleList, h: torch.Tensor, extra: torch.Tensor | None = None,
                    first_output: int = 0) -> torch.Tensor:
     """The whole stack of ResidualBlocks at once, for teacher-forced passes over long inputs.
@@ -87,7 +94,8 @@ def residual_stack(layers: nn.ModuleList, h: torch.Tensor, extra: torch.Tensor |
         extra: (B, L·2G, T or 1) conditioning of all layers (as `WaveNet.conditioning`), or None.
         first_output: the first time step whose output is wanted.
     Returns:
-        (T - first_output, B, S) the sum of all layers' skips from time first_output on.
+        (T - first_output, B, S) the sum of all layers' skips from time first_output on; under
+        autocast, in autocast's dtype (the whole stack runs in it).
     """
     first = layers[0]
     spec = _StackSpec([layer.dilation for layer in layers], first.kernel_size,
@@ -95,6 +103,22 @@ def residual_stack(layers: nn.ModuleList, h: torch.Tensor, extra: torch.Tensor |
                       first_output)
     params = [p for layer in layers for p in (layer.dilated.weight, layer.dilated.bias,
                                               layer.out.weight, layer.out.bias)]
+    device = h.device.type
+    if not torch.is_autocast_enabled(device):
+        return _apply_stack(h, extra, spec, params)
+    # Autocast would cast each GEMM's operands but not the in-place and out= ops around them,
+    # so under autocast the whole stack runs in autocast's dtype: cast here, outside the
+    # Function, so that autograd's cast backward hands float32 gradients to the float32
+    # weights, and turn autocast off inside so that every op sees that one dtype.
+    dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False):
+        return _apply_stack(h.to(dtype), extra.to(dtype) if extra is not None else None, spec,
+                            [p.to(dtype) for p in params])
+
+
+def _apply_stack(h: torch.Tensor, extra: torch.Tensor | None, spec: _StackSpec,
+                 params: list[torch.Tensor]) -> torch.Tensor:
+    """`residual_stack` on inputs and parameters of one dtype; autograd only where needed."""
     if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in params)
                                     or (extra is not None and extra.requires_grad)):
         return _GatedStack.apply(h, extra, spec, *params)
@@ -188,6 +212,15 @@ class _GatedStack(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_skip):
+        # The forward ran with autocast off; so must this (it can be called inside autocast).
+        device = grad_skip.device.type
+        if not torch.is_autocast_enabled(device):
+            return _GatedStack._backward(ctx, grad_skip)
+        with torch.autocast(device, enabled=False):
+            return _GatedStack._backward(ctx, grad_skip)
+
+    @staticmethod
+    def _backward(ctx, grad_skip):
         spec, (T, B, R) = ctx.spec, ctx.shape
         N, G, S, k, L = T * B, spec.g, spec.s, spec.k, len(spec.dilations)
         zs, *rest = ctx.saved_tensors
