@@ -85,6 +85,14 @@ def test_prime_from_a_file_or_an_array_is_the_same(tone_run):
                                                          temperature=0, seed=2))
 
 
+def test_a_prime_file_with_nan_samples_is_one_line(tone_run, tmp_path):
+    x = np.full(800, 0.1, np.float32)
+    x[5] = np.nan
+    sf.write(tmp_path / "nan.wav", x, 8000, subtype="FLOAT")
+    with pytest.raises(UserError, match=r"nan.wav: 1 samples are NaN or infinite; repair"):
+        wavenet.load(tone_run[0]).generate(0.01, prime=tmp_path / "nan.wav")
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"n": 0}, "n=0: must be an integer in 1..65536"),
     ({"seconds": -1.0}, "seconds=-1.0: must be in (0, 86400]"),

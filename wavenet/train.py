@@ -351,9 +351,11 @@ class Trainer:
         return spent >= self.cfg.max_seconds
 
     def finished(self) -> bool:
-        """Whether the step limit or the time budget has been reached."""
+        """Whether the checkpoint resumed from had reached the step limit or spent the time
+        budget (what it stored, so that every process reads the same)."""
         return ((self.cfg.max_steps is not None and self.step >= self.cfg.max_steps)
-                or (self.cfg.max_seconds is not None and self.spent() >= self.cfg.max_seconds))
+                or (self.cfg.max_seconds is not None
+                    and self.spent_before >= self.cfg.max_seconds))
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
         """One optimizer step on a batch of crops (audio (B, RF + N), speaker (B,), mel
