@@ -1,6 +1,7 @@
 """Speakers, log-mel conditioning (vocoders) and the mixture-of-logistics output, end to end."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from tests.conftest import compose_job, tiny_train_overrides, write_tone_folder
 from wavenet import checkpoint
 from wavenet.audio import AudioConfig, load_for_training
-from wavenet.data import Conditioning, CropDataset, open_cache
+from wavenet.data import Conditioning, CropDataset, file_item, open_cache
 from wavenet.errors import UserError
 from wavenet.evaluate import evaluate
 from wavenet.features import MelConfig, log_mel, log_mel_distance_db
@@ -45,29 +46,67 @@ def switching_tones(path: Path, seconds: float, seed: int) -> None:
     sf.write(path, (level * np.sin(phase)).astype(np.float32), RATE)
 
 
-def test_crops_and_features_stay_aligned_and_upsample_to_the_audio_length(tmp_path):
+def test_crops_carry_their_frames_with_context_and_stay_aligned(tmp_path):
     switching_tones(tmp_path / "a" / "x.wav", 1.0, seed=0)
     switching_tones(tmp_path / "a" / "y.wav", 0.7, seed=1)
     audio_cfg = AudioConfig(sample_rate=RATE, trim_db=None, normalize=None)
     cache = open_cache(tmp_path / "a", audio_cfg, tmp_path / "cache", mel=MEL)
-    model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4,
-                                  gate_channels=4, skip_channels=4, mel=MEL,
-                                  upsample_scales=[4, 8]))
+    silence = np.log(MEL.log_floor)
     for crop_length in (100, 256, 333):
-        ds = CropDataset(cache, [0, 1], crop_length, seed=0, cond=Conditioning(hop=32))
+        ds = CropDataset(cache, [0, 1], crop_length, seed=0, cond=Conditioning(hop=32, context=2))
         assert ds.crop_length % 32 == 0 and ds.crop_length >= crop_length
-        for i in range(20):
+        for i in range(40):
             item = ds[i]
             file_id, start = ds.locate(i)
             assert start % 32 == 0
-            assert item["mel"].shape == (20, ds.crop_length // 32)
-            assert model.upsampler(item["mel"][None]).shape[2] == len(item["audio"])
+            assert item["mel"].shape == (20, ds.crop_length // 32 + 4)
+            assert int(item["mel_offset"]) == 2 * 32  # audio[0] sits after two context frames
             whole = log_mel(cache.audio(file_id), RATE, MEL)  # features of the whole file
-            first = start // 32
-            np.testing.assert_allclose(item["mel"], whole[:, first:first + item["mel"].shape[1]],
-                                       atol=2e-2)  # float16 storage
+            first = start // 32 - 2
+            for j in range(item["mel"].shape[1]):  # the file's frame, or silence outside it
+                frame = first + j
+                expected = whole[:, frame] if 0 <= frame < whole.shape[1] else silence
+                np.testing.assert_allclose(item["mel"][:, j], expected, atol=2e-2)  # float16
             np.testing.assert_array_equal(item["audio"], cache.audio(file_id, start,
                                                                      ds.crop_length))
+
+
+def test_a_crop_is_conditioned_exactly_as_the_whole_file(tmp_path):
+    """Every scored output of a training crop equals the whole file's output at that sample,
+    for crops at the file's start, middle and end; without the context frames the crop's last
+    outputs differ (what training once did)."""
+    switching_tones(tmp_path / "a" / "x.wav", 0.5, seed=0)
+    sf.write(tmp_path / "a" / "y.wav", np.sin(np.arange(3990) / 7).astype(np.float32) * 0.5,
+             RATE)  # not a whole number of frames
+    cache = open_cache(tmp_path / "a", AudioConfig(sample_rate=RATE, trim_db=None,
+                                                   normalize=None), tmp_path / "cache", mel=MEL)
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(layers_per_cycle=4, cycles=1, residual_channels=6,
+                                  gate_channels=6, skip_channels=6, mel=MEL,
+                                  upsample_scales=[4, 8])).eval()
+    for conv in model.upsampler.stages:  # far from a box filter: edges matter
+        torch.nn.init.normal_(conv.weight)
+    rf = model.receptive_field
+    cond = Conditioning.for_model(model.cfg)
+    assert cond.context == model.cfg.mel_context_frames == 2
+    with torch.no_grad():
+        for file_id in range(2):
+            whole = file_item(cache, file_id, cond)
+            x = model.dist.encode(whole["audio"])[None]
+            out = model(x[:, :-1], None, whole["mel"][None], int(whole["mel_offset"]))
+            n = len(whole["audio"])
+            last_start = (n - 256) // 32 * 32
+            for start, length in ((0, 256), (0, 96), (64, 160), (320, 256), (last_start, 256),
+                                  ((n - 96) // 32 * 32, 96)):
+                for context, equal in ((cond.context, True), (0, False)):
+                    item = file_item(cache, file_id, replace(cond, context=context), start, length)
+                    xc = model.dist.encode(item["audio"])[None]
+                    crop = model(xc[:, :-1], None, item["mel"][None], int(item["mel_offset"]),
+                                 first_output=rf - 1)
+                    expected = out[:, :, start + rf - 1:start + length - 1]
+                    assert crop.shape == expected.shape
+                    same = torch.allclose(crop, expected, rtol=1e-5, atol=1e-5)
+                    assert same == equal, (file_id, start, length, context)
 
 
 def test_vocoder_reproduces_the_spectral_pattern_better_than_an_unconditional_model(tmp_path):

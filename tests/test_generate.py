@@ -14,7 +14,6 @@ from wavenet.generate import (
     IncrementalState,
     IncrementalStepper,
     StepBias,
-    full_conditioning,
     generate,
     resolve_method,
     silence_context,
@@ -67,9 +66,8 @@ def test_fast_generation_equals_teacher_forced_forward(variant, prime_length, me
         context = silence_context(model, 3)
     p = context.shape[1]
     sequence = torch.cat([context, values], dim=1)
-    cond = full_conditioning(model, p, mel)
-    with torch.no_grad():
-        full = model(sequence[:, :-1], speaker, None if cond is None else cond[:, :, 1:])
+    with torch.no_grad():  # the sequence starts p samples before the mel frames' first
+        full = model(sequence[:, :-1], speaker, mel, mel_offset=-p)
     torch.testing.assert_close(params, full[:, :, p - 1:], rtol=1e-4, atol=1e-5)
     assert values.shape == (3, 48) and not torch.equal(values[0], values[1])
 
@@ -141,11 +139,10 @@ def test_priming_in_one_pass_equals_stepping_through_the_prime(variant):
     model = tiny(**VARIANTS[variant])
     prime = random_context(model, 2, 45, torch.Generator().manual_seed(0))
     speaker, mel = conditioning(model, 2)
-    cond = full_conditioning(model, 45, mel)
     filled = IncrementalState.zeros(model, 2)
-    filled.fill_from_history(model, prime, speaker, None if cond is None else cond[:, :, 1:46])
+    filled.fill_from_history(model, prime, speaker, mel, mel_offset=-45)
     stepped = IncrementalState.zeros(model, 2)
-    stepper, bias = IncrementalStepper(model), StepBias(model, 2, speaker, cond)
+    stepper, bias = IncrementalStepper(model), StepBias(model, 2, speaker, mel, origin=45)
     with torch.no_grad():
         for t in range(prime.shape[1]):
             stepper.step(stepped, prime[:, t], bias.at(t + 1))

@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from wavenet.errors import UserError
+from wavenet.features import MelConfig
 from wavenet.model import WaveNet, WaveNetConfig
 
 
@@ -104,3 +107,35 @@ def test_fused_stack_equals_the_layer_by_layer_pass_with_gradients(variant, firs
                                    msg=name)
     if cond is not None:
         torch.testing.assert_close(cond_a, cond_b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("scales", [[4, 4, 4, 4], [2, 4], [8], [3, 5], [2, 2, 2, 2, 2, 2]])
+def test_a_window_of_mel_features_equals_the_whole_utterances(scales, monkeypatch):
+    """The upsampler runs on only the frames a window of columns needs, plus
+    `mel_context_frames` on each side: that is enough, none is not, and for the vocoder preset's
+    scales one fewer is not either (elsewhere the bound may be a frame generous)."""
+    hop = math.prod(scales)
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4,
+                                  gate_channels=4, skip_channels=4, upsample_scales=scales,
+                                  mel=MelConfig(n_fft=max(16, 2 * hop), hop_length=hop,
+                                                n_mels=3)))
+    for conv in model.upsampler.stages:  # far from a box filter: edges matter
+        torch.nn.init.normal_(conv.weight)
+    mel = torch.randn(2, 3, 9)
+    with torch.no_grad():
+        # Column t predicts sample offset + t + 1; outside the 9 frames is silence.
+        whole = model.mel_features(mel, -20 * hop - 1, 50 * hop)
+        windows = [(offset, length) for offset in range(-2 * hop, 10 * hop, max(1, hop // 3))
+                   for length in (1, hop + 1)]
+        for offset, length in windows:
+            column = offset + 20 * hop + 1
+            torch.testing.assert_close(model.mel_features(mel, offset, length),
+                                       whole[:, :, column:column + length], rtol=1e-5,
+                                       atol=1e-6)
+        enough = type(model.cfg).mel_context_frames.fget(model.cfg)
+        for fewer in ([0, enough - 1] if scales == [4, 4, 4, 4] else [0]):
+            monkeypatch.setattr(type(model.cfg), "mel_context_frames", fewer)
+            assert any(not torch.allclose(model.mel_features(mel, offset, length),
+                                          whole[:, :, offset + 20 * hop + 1:][:, :, :length])
+                       for offset, length in windows)

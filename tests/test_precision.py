@@ -17,7 +17,7 @@ from tests.conftest import compose_job, tiny_train_overrides, write_tone_folder
 from tests.test_conditioning import VOCODER, speaker_folder, switching_tones
 from tests.test_generate import MEL, VARIANTS, tiny
 from wavenet import checkpoint
-from wavenet.train import Trainer, TrainingForward, train
+from wavenet.train import Trainer, train
 
 
 def train_recording_losses(job, run_dir) -> tuple[dict, list[float]]:
@@ -77,11 +77,10 @@ def test_bf16_trains_the_conditioned_presets(preset, tmp_path):
 
 @pytest.mark.parametrize("variant", ["mulaw-k2", "mulaw-k3", "mel+speakers", "all"])
 def test_fused_stack_under_autocast_matches_the_float32_layer_loop(variant):
-    """The training forward (upsampler, conditioning, fused stack, head) under bf16 autocast,
+    """The model's forward (upsampler, conditioning, fused stack, head) under bf16 autocast,
     against the float32 layer-by-layer pass, on the training loss and its gradients."""
     model = tiny(**VARIANTS.get(variant, {"n_speakers": 3, "speaker_channels": 3, "mel": MEL,
                                           "upsample_scales": [2, 4]})).train()
-    forward = TrainingForward(model)
     batch, frames, first_output = 3, 8, 20
     length = frames * MEL.hop_length  # a crop; the model sees all but its last sample
     t = torch.arange(length) / 8000
@@ -95,13 +94,13 @@ def test_fused_stack_under_autocast_matches_the_float32_layer_loop(variant):
 
     def reference():
         """Float32, one ResidualBlock after another."""
-        cond = model.upsampler(mel)[:, :, 1:] if mel is not None else None
-        return model(x[:, :-1], speaker, cond, layer_inputs=[], first_output=first_output)
+        return model(x[:, :-1], speaker, mel, layer_inputs=[], first_output=first_output)
 
     def run(bf16: bool, fused: bool, backward_in_autocast: bool = False):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = (forward(x[:, :-1], speaker, mel, first_output) if fused else reference())
+            out = (model(x[:, :-1], speaker, mel, first_output=first_output) if fused
+                   else reference())
             loss = model.dist.nll(out, x[:, first_output + 1:])
             if backward_in_autocast:
                 loss.backward()
@@ -123,7 +122,7 @@ def test_fused_stack_under_autocast_matches_the_float32_layer_loop(variant):
 
     # Without autograd the stack does the same arithmetic.
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(forward(x[:, :-1], speaker, mel, first_output), out)
+        assert torch.equal(model(x[:, :-1], speaker, mel, first_output=first_output), out)
     # The backward does not depend on whether it is called inside autocast.
     _, _, grads_inside = run(bf16=True, fused=True, backward_in_autocast=True)
     for name, grad in grads_inside.items():

@@ -28,7 +28,8 @@ from wavenet.audio import (
     audio_extensions,
     load_for_training,
 )
-from wavenet.features import MelConfig, log_mel
+from wavenet.features import MelConfig, frame_window, log_mel
+from wavenet.model import WaveNetConfig
 from wavenet.runtime import progress_bar
 
 log = logging.getLogger(__name__)
@@ -362,10 +363,22 @@ class Conditioning:
         speakers: each cached file's speaker id (None: unlabelled, not used), or None for an
             unconditioned model.
         hop: samples per log-mel frame when features are attached, else None.
+        context: frames attached on each side of a stretch beyond those covering it
+            (`WaveNetConfig.mel_context_frames`), so that the model conditions the stretch
+            exactly as it would the whole file; 0 for generation, which takes a stretch's own
+            frames.
     """
 
     speakers: list[int | None] | None = None
     hop: int | None = None
+    context: int = 0
+
+    @classmethod
+    def for_model(cls, cfg: WaveNetConfig, speakers: list[int | None] | None = None
+                  ) -> Conditioning:
+        """What a model with this config is conditioned on, with the context it needs."""
+        hop = cfg.mel.hop_length if cfg.mel is not None else None
+        return cls(speakers, hop, cfg.mel_context_frames)
 
 
 class CropDataset(Dataset):
@@ -420,17 +433,22 @@ def file_item(cache: AudioCache, file_id: int, cond: Conditioning, start: int = 
     """A stretch of one file with its conditioning.
 
     Returns:
-        audio: (T,) float32 in [-1, 1]; speaker: () int64 when labelled; mel: (n_mels, T // hop)
-        float32 log-mel frames when attached (frame j covers samples j·hop … (j+1)·hop - 1 of
-        the stretch; `start` must then be a multiple of hop).
+        audio: (T,) float32 in [-1, 1]; speaker: () int64 when labelled; when features are
+        attached, mel: (n_mels, ceil(T / hop) + 2·context) float32 log-mel frames (silence
+        outside the file) and mel_offset: () int64, where audio[0] sits on their time axis
+        (frame j covers samples j·hop … (j+1)·hop - 1 of it; `start` must be a multiple of hop).
     """
     length = cache.files[file_id].length - start if length is None else length
     item = {"audio": torch.from_numpy(cache.audio(file_id, start, length))}
     if cond.speakers is not None:
         item["speaker"] = torch.tensor(cond.speakers[file_id])
     if cond.hop is not None:
-        frames = -(-length // cond.hop)
-        item["mel"] = torch.from_numpy(cache.mels(file_id, start // cond.hop, frames))
+        first = start // cond.hop - cond.context
+        stop = -(-(start + length) // cond.hop) + cond.context
+        lo, hi = max(first, 0), min(stop, cache.files[file_id].frames)
+        read = torch.from_numpy(cache.mels(file_id, lo, max(0, hi - lo)))
+        item["mel"] = frame_window(read, first - lo, stop - lo, cache.mel.log_floor)
+        item["mel_offset"] = torch.tensor(start - first * cond.hop)
     return item
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,15 +52,16 @@ def heldout_nll(model: WaveNet, cache: AudioCache, file_ids: list[int],
         item = file_item(cache, i, cond)
         x = dist.encode(item["audio"].to(device))
         speaker = item["speaker"][None].to(device) if "speaker" in item else None
-        features = model.upsampler(item["mel"][None].to(device)) if "mel" in item else None
+        mel = item["mel"][None].to(device) if "mel" in item else None
         n = len(x)
         if max_samples is not None:
             n = min(n, max_samples - counted + 1)
         for start in range(1, n, chunk):
             end = min(n, start + chunk)
             first = max(0, start - rf)
-            window_cond = None if features is None else features[:, :, first + 1:end]
-            params = model(x[None, first:end - 1], speaker, window_cond)[:, :, start - 1 - first:]
+            offset = int(item["mel_offset"]) + first if mel is not None else 0
+            params = model(x[None, first:end - 1], speaker, mel,
+                           mel_offset=offset)[:, :, start - 1 - first:]
             targets = x[None, start:end]
             total_nll += dist.nll(params, targets, reduction="sum").item()
             counted += end - start
@@ -101,7 +102,7 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
         else:
             train_ids, valid_ids = split_files(cache, fraction)
             ids = valid_ids if job.split == "valid" else train_ids
-    cond = Conditioning(hop=mel.hop_length if mel is not None else None)
+    cond = Conditioning.for_model(model.cfg)
     if model.cfg.n_speakers:
         index = {name: n for n, name in enumerate(ckpt["speakers"])}
         cond.speakers = [index.get(s) for s in speaker_labels(cache, trained.speakers)]
@@ -148,7 +149,8 @@ def copy_synthesis_distance(model: WaveNet, cache: AudioCache, file_ids: list[in
                  *(cache.files[i].length // hop for i in file_ids))
     if frames < 1:
         raise UserError("held-out files are shorter than one mel frame: nothing to re-synthesize")
-    items = [file_item(cache, i, cond, 0, frames * hop) for i in file_ids]
+    own_frames = replace(cond, context=0)  # generation takes exactly the stretch's frames
+    items = [file_item(cache, i, own_frames, 0, frames * hop) for i in file_ids]
     device = next(model.parameters()).device
     mel = torch.stack([it["mel"] for it in items]).to(device)
     speaker = (torch.stack([it["speaker"] for it in items]).to(device)

@@ -65,9 +65,22 @@ def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:
     return torch.log(transform(x).clamp(min=cfg.log_floor))
 
 
-def silence_frames(cfg: MelConfig, frames: int) -> torch.Tensor:
-    """Log-mel of silence: (n_mels, frames) at the floor."""
-    return torch.full((cfg.n_mels, frames), float(np.log(cfg.log_floor)))
+def frame_window(frames: torch.Tensor, first: int, stop: int, log_floor: float
+                 ) -> torch.Tensor:
+    """Frames first … stop-1 of an utterance's frames (…, n_mels, F); frames outside 0 … F-1
+    are outside the utterance, and are silence (the log floor).
+
+    Returns:
+        (…, n_mels, stop - first).
+    """
+    silence = float(np.log(log_floor))
+    lo, hi = max(first, 0), min(stop, frames.shape[-1])
+    if hi <= lo:  # wholly outside the utterance
+        return frames.new_full((*frames.shape[:-1], stop - first), silence)
+    window = frames[..., lo:hi]
+    if lo - first or stop - hi:
+        window = torch.nn.functional.pad(window, (lo - first, stop - hi), value=silence)
+    return window
 
 
 def log_mel_distance_db(reference, synthesized, sample_rate: int, cfg: MelConfig) -> float:

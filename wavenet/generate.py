@@ -16,7 +16,6 @@ the conditioning of sample t+1.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from wavenet.errors import UserError
-from wavenet.features import silence_frames
 from wavenet.model import WaveNet
 from wavenet.native import NativeStepper, library, unavailable_reason
 
@@ -64,25 +62,25 @@ class IncrementalState:
 
     @torch.no_grad()
     def fill_from_history(self, model: WaveNet, history: torch.Tensor,
-                          speaker: torch.Tensor | None = None,
-                          cond: torch.Tensor | None = None) -> None:
+                          speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None,
+                          mel_offset: int = 0) -> None:
         """Load the state as if `history` (B, P) had been stepped through, in one forward pass.
 
         Only the last receptive field (minus one) of inputs reaches the state, so only that is
         run, and streams that share the first stream's history and conditioning (a batch
         started from silence) are run once.
 
-        cond: (B, n_mels, P) conditioning of samples 1..P (vocoders).
+        mel, mel_offset: log-mel frames (B, n_mels, F) and where history[:, 0] sits on their
+            time axis (vocoders; see `WaveNet.mel_features`).
         """
         n = history.shape[1]
         start = max(0, n - (model.receptive_field - 1))
         history = history[:, start:]
-        cond = None if cond is None else cond[:, :, start:]
-        inputs = (history, speaker, cond)
+        inputs = (history, speaker, mel)
         if all(x is None or torch.equal(x, x[:1].expand_as(x)) for x in inputs):
-            history, speaker, cond = (None if x is None else x[:1] for x in inputs)
+            history, speaker, mel = (None if x is None else x[:1] for x in inputs)
         layer_inputs: list[torch.Tensor] = []
-        model(history, speaker, cond, layer_inputs=layer_inputs)
+        model(history, speaker, mel, mel_offset + start, layer_inputs=layer_inputs)
         for buf, h in zip(self.buffers, layer_inputs, strict=True):
             span = buf.shape[2]
             times = torch.arange(max(0, h.shape[2] - span), h.shape[2], device=buf.device)
@@ -93,13 +91,18 @@ class IncrementalState:
 class StepBias:
     """Each layer's additive filter/gate input for each step: L tensors (B, 2G) per step.
 
-    Conv biases and the speaker term are constant; the mel term is projected for `chunk` steps at
-    a time, so memory stays bounded however long the generation.
+    Conv biases and the speaker term are constant; the mel term is upsampled and projected for
+    `chunk` steps at a time (only the frames those steps need), so memory stays bounded however
+    long the utterance.
+
+    Args:
+        mel: (B, n_mels, F) frames of the utterance, whose sample 0 is at position `origin` of
+            the generation (the context before it is silence).
     """
 
     def __init__(self, model: WaveNet, batch: int, speaker: torch.Tensor | None,
-                 cond: torch.Tensor | None, chunk: int = 1024):
-        self.model, self.cond, self.chunk = model, cond, chunk
+                 mel: torch.Tensor | None, origin: int = 0, chunk: int = 1024):
+        self.model, self.mel, self.origin, self.chunk = model, mel, origin, chunk
         n_layers, two_g = len(model.layers), 2 * model.cfg.gate_channels
         base = torch.stack([layer.dilated.bias for layer in model.layers])  # (L, 2G)
         base = base.expand(batch, n_layers, two_g)
@@ -114,7 +117,8 @@ class StepBias:
         """Make sure the block holding step t is projected; return its first step."""
         start = t - t % self.chunk
         if start != self._start:
-            local = self.model.mel_term(self.cond[:, :, start:start + self.chunk])  # (B, L·2G, C)
+            # The predictions of samples start… are made by the inputs one step earlier.
+            local = self.model.mel_term(self.mel, start - 1 - self.origin, self.chunk)
             b, _, c = local.shape
             block = local.view(b, *self.base.shape[1:], c).permute(0, 3, 1, 2)
             self._block = (block + self.base[:, None]).contiguous()  # (B, C, L, 2G)
@@ -123,7 +127,7 @@ class StepBias:
 
     def at(self, t: int) -> tuple[torch.Tensor, ...]:
         """Each layer's (B, 2G) input for the prediction of sample t."""
-        if self.cond is None:
+        if self.mel is None:
             return self.static
         start = self._load(t)
         return self._block[:, t - start].unbind(1)
@@ -135,7 +139,7 @@ class StepBias:
             (B, L, 2G) view of step t's inputs, the element stride from one step to the next
             (0 when constant), and how many steps from t that view covers.
         """
-        if self.cond is None:
+        if self.mel is None:
             return self.base, 0, sys.maxsize
         start = self._load(t)
         return self._block[:, t - start], self._block.stride(1), start + self.chunk - t
@@ -213,20 +217,6 @@ def silence_context(model: WaveNet, batch_size: int, device=None) -> torch.Tenso
                       device=device)
 
 
-def full_conditioning(model: WaveNet, context_length: int, mel: torch.Tensor | None):
-    """Upsampled features for every position, context included: (B, n_mels, P + F·hop).
-
-    The context gets silence frames; mel (B, n_mels, F) covers the new samples.
-    """
-    if mel is None:
-        return None
-    hop = model.cfg.mel.hop_length
-    pre = math.ceil(context_length / hop)
-    frames = torch.cat([silence_frames(model.cfg.mel, pre).to(mel)[None].expand(
-        mel.shape[0], -1, -1), mel], dim=2)
-    return model.upsampler(frames)[:, :, pre * hop - context_length:]
-
-
 @torch.no_grad()
 def generate(
     model: WaveNet,
@@ -269,8 +259,7 @@ def generate(
         length = mel.shape[2] * model.cfg.mel.hop_length
     if context is None:
         context = silence_context(model, batch_size)
-    cond = full_conditioning(model, context.shape[1], mel)
-    loop = make_loop(model, context, speaker, cond, method,
+    loop = make_loop(model, context, speaker, mel, method,
                      threads or torch.get_num_threads())
     return _sample_loop(model, loop, context[:, -1], length, temperature, generator,
                         return_params, on_samples)
@@ -298,26 +287,28 @@ def resolve_method(model: WaveNet, method: str) -> str:
 _warned: list[bool] = []
 
 
-def make_loop(model, context, speaker=None, cond=None, method="fast", threads=1):
-    """The stepping loop of a method, loaded with the context: see `StepLoop.advance`."""
+def make_loop(model, context, speaker=None, mel=None, method="fast", threads=1):
+    """The stepping loop of a method, loaded with the context (B, P): see `StepLoop.advance`.
+
+    mel: (B, n_mels, F) frames of the samples to make, the first of which follows the context.
+    """
     method = resolve_method(model, method)
-    if method == "naive":
-        return StepLoop(model, naive_step(model, context, speaker, cond))
     p = context.shape[1]
+    if method == "naive":
+        return StepLoop(model, naive_step(model, context, speaker, mel))
     state = IncrementalState.zeros(model, context.shape[0], context.device)
-    if p > 1:
-        state.fill_from_history(model, context[:, :-1], speaker,
-                                None if cond is None else cond[:, :, 1:p])
+    if p > 1:  # the context's sample 0 is P samples before the utterance's
+        state.fill_from_history(model, context[:, :-1], speaker, mel, mel_offset=-p)
     stepper = IncrementalStepper(model)
-    bias = StepBias(model, context.shape[0], speaker, cond)
+    bias = StepBias(model, context.shape[0], speaker, mel, origin=p)
     if method == "native":
         return NativeLoop(NativeStepper(model, stepper), state, bias, threads)
     return StepLoop(model, lambda x: stepper.step(state, x, bias.at(state.t + 1)))
 
 
-def naive_step(model, context, speaker=None, cond=None):
+def naive_step(model, context, speaker=None, mel=None):
     """step(x) for the reference path: a forward pass over the newest receptive field."""
-    rf = model.receptive_field
+    rf, origin = model.receptive_field, context.shape[1]
     # The last output of a forward over the newest RF inputs sees exactly the receptive field;
     # a shorter window is zero-padded by the convolutions as the fast path's empty buffers are.
     window = context[:, :-1][:, -(rf - 1):] if rf > 1 else context[:, :0]
@@ -327,9 +318,8 @@ def naive_step(model, context, speaker=None, cond=None):
         nonlocal window, t
         window = torch.cat([window, x[:, None]], dim=1)[:, -rf:]
         first = t - window.shape[1] + 1
-        window_cond = None if cond is None else cond[:, :, first + 1:t + 2]
         t += 1
-        return model(window, speaker, window_cond)[:, :, -1]
+        return model(window, speaker, mel, mel_offset=first - origin)[:, :, -1]
 
     return step
 

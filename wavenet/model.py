@@ -13,7 +13,7 @@ from torch import nn
 from wavenet import checks
 from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
-from wavenet.features import MelConfig
+from wavenet.features import MelConfig, frame_window
 from wavenet.layers import ResidualBlock, residual_stack
 
 
@@ -86,6 +86,18 @@ class WaveNetConfig:
     def receptive_field(self) -> int:
         """How many past samples one prediction depends on (the newest included)."""
         return (self.kernel_size - 1) * sum(self.dilations) + 1
+
+    @property
+    def mel_context_frames(self) -> int:
+        """Frames of context a window of mel frames needs on each side so that the upsampler's
+        edges reach none of its samples: its reach in whole frames. Stage i smooths over s_i
+        steps each way at its own rate, a step being Π_{j>i} s_j samples, and its repeat can
+        shift that by one more step: at most Σ_i (s_i + 1)·Π_{j>i} s_j samples. 0 without mel."""
+        if self.mel is None:
+            return 0
+        scales = list(self.upsample_scales)
+        reach = sum((s + 1) * math.prod(scales[i + 1:]) for i, s in enumerate(scales))
+        return -(-reach // self.mel.hop_length)
 
     def distribution(self):
         return make_distribution(self.output, self.quantization_channels, self.mixtures,
@@ -169,17 +181,18 @@ class WaveNet(nn.Module):
         """Summed skips (B, S, T) -> distribution parameters (B, P, T)."""
         return self.head2(F.relu(self.head1(F.relu(skip * self.skip_scale))))
 
-    def conditioning(self, speaker: torch.Tensor | None = None,
-                     cond: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Every layer's additive filter/gate input, stacked.
+    def conditioning(self, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None,
+                     mel_offset: int = 0, length: int = 1) -> torch.Tensor | None:
+        """Every layer's additive filter/gate input for `length` input columns, stacked.
 
         Args:
             speaker: (B,) speaker ids, if the model has speakers.
-            cond: (B, n_mels, T) upsampled features, if the model has mel conditioning.
+            mel, mel_offset: log-mel frames and where the first column sits (see `mel_term`),
+                if the model has mel conditioning.
         Returns:
-            (B, layers·2G, T or 1), or None for an unconditioned model.
+            (B, layers·2G, length, or 1 with speakers only), or None for an unconditioned model.
         """
-        voice, local = self.speaker_term(speaker), self.mel_term(cond)
+        voice, local = self.speaker_term(speaker), self.mel_term(mel, mel_offset, length)
         if voice is None:
             return local
         return voice[:, :, None] if local is None else voice[:, :, None] + local
@@ -192,16 +205,42 @@ class WaveNet(nn.Module):
             raise UserError("this model is multi-speaker: give a speaker")
         return self.speaker_proj(self.speaker_embed(speaker))
 
-    def mel_term(self, cond: torch.Tensor | None) -> torch.Tensor | None:
-        """Upsampled features (B, n_mels, T) -> (B, layers·2G, T), or None without mel."""
+    def mel_term(self, mel: torch.Tensor | None, offset: int = 0,
+                 length: int = 1) -> torch.Tensor | None:
+        """Each layer's mel input for `length` input columns: (B, layers·2G, length), or None
+        for a model without mel. See `mel_features` for the alignment."""
         if self.cfg.mel is None:
             return None
-        if cond is None:
+        if mel is None:
             raise UserError("this model is a vocoder: give mel features")
-        return self.mel_proj(cond)
+        return self.mel_proj(self.mel_features(mel, offset, length))
+
+    def mel_features(self, mel: torch.Tensor, offset: int, length: int) -> torch.Tensor:
+        """Log-mel frames -> the upsampled features of `length` input columns: the one place
+        that knows how frames align with samples.
+
+        Frame j covers samples j·hop … (j+1)·hop − 1 of mel's time axis; the first input column
+        sits at sample `offset` of that axis (negative: before the utterance, as generation's
+        context does). Column t predicts sample offset + t + 1, so it gets that sample's
+        features. Frames outside the given ones are silence. Only the frames the columns need
+        are upsampled, with `cfg.mel_context_frames` more on each side so that the upsampler's
+        edges reach none of them: a window gets exactly what the whole utterance would give it,
+        and memory is bounded by the window, not the utterance.
+
+        Args:
+            mel: (B, n_mels, F) natural-log mel magnitudes.
+        Returns:
+            (B, n_mels, length).
+        """
+        hop, context = self.cfg.mel.hop_length, self.cfg.mel_context_frames
+        first, last = offset + 1, offset + length  # the samples the columns predict
+        lo, hi = first // hop - context, last // hop + 1 + context
+        up = self.upsampler(frame_window(mel, lo, hi, self.cfg.mel.log_floor))
+        start = first - lo * hop
+        return up[:, :, start:start + length]
 
     def forward(self, x: torch.Tensor, speaker: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None,
+                mel: torch.Tensor | None = None, mel_offset: int = 0,
                 layer_inputs: list[torch.Tensor] | None = None,
                 first_output: int = 0) -> torch.Tensor:
         """Teacher-forced pass.
@@ -209,8 +248,8 @@ class WaveNet(nn.Module):
         Args:
             x: (B, T) model values (see `embed_input`).
             speaker: (B,) speaker ids (multi-speaker models).
-            cond: (B, n_mels, T) upsampled features; column t conditions the prediction of
-                sample t+1 (vocoders).
+            mel: (B, n_mels, F) log-mel frames (vocoders); x[:, 0] sits at sample `mel_offset`
+                of their time axis (see `mel_features`).
             layer_inputs: if given, each layer's input (B, R, T) is appended to it (used to prime
                 incremental generation from a whole recording in one pass).
             first_output: return columns first_output… only; in training, the first column
@@ -220,7 +259,7 @@ class WaveNet(nn.Module):
             first_output + j + 1.
         """
         h = self.embed_input(x)
-        extra = self.conditioning(speaker, cond)
+        extra = self.conditioning(speaker, mel, mel_offset, x.shape[1])
         if layer_inputs is None:  # all layers at once, time-major inside (same function)
             skip = residual_stack(self.layers, h.permute(2, 0, 1).contiguous(), extra,
                                   first_output)

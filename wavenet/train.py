@@ -7,12 +7,11 @@ import logging
 import math
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
@@ -102,21 +101,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-class TrainingForward(nn.Module):
-    """The training forward: upsample the mel frames (vocoders), then the model. One module, so
-    that DistributedDataParallel sees every parameter that gets a gradient."""
-
-    def __init__(self, model: WaveNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, speaker: torch.Tensor | None,
-                mel: torch.Tensor | None, first_output: int = 0) -> torch.Tensor:
-        """x (B, T) inputs, mel (B, n_mels, frames) -> parameters (B, P, T - first_output)."""
-        cond = self.model.upsampler(mel)[:, :, 1:] if mel is not None else None
-        return self.model(x, speaker, cond, first_output=first_output)
-
-
 class TrainingDiverged(UserError):
     pass
 
@@ -176,7 +160,7 @@ class Trainer:
             self.world.barrier()
         torch.manual_seed(self.cfg.seed)
         self.model = WaveNet(job.model).to(self.device)
-        trained = TrainingForward(self.model)
+        trained = self.model
         if self.world.distributed:
             trained = DistributedDataParallel(
                 trained, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -210,12 +194,11 @@ class Trainer:
         else:
             self.valid_cache = train_cache
             train_ids, self.valid_ids = split_files(train_cache, data.valid_fraction)
-        hop = mel.hop_length if mel is not None else None
         if self.job.model.n_speakers and data.speakers is None:
             raise UserError(f"model.n_speakers={self.job.model.n_speakers} but the data has no "
                             "speaker labels: set data.speakers=folder or data.speakers=<csv>")
         self.speakers: list[str] = []
-        train_cond = valid_cond = Conditioning(hop=hop)
+        train_cond = valid_cond = Conditioning.for_model(self.job.model)
         if data.speakers is not None:
             labels = speaker_labels(train_cache, data.speakers)
             self.speakers = sorted({labels[i] for i in train_ids if labels[i] is not None})
@@ -223,8 +206,9 @@ class Trainer:
             index = {name: n for n, name in enumerate(self.speakers)}
             valid_labels = (labels if self.valid_cache is train_cache
                             else speaker_labels(self.valid_cache, data.speakers))
-            train_cond = Conditioning([index.get(s) for s in labels], hop)
-            valid_cond = Conditioning([index.get(s) for s in valid_labels], hop)
+            train_cond = Conditioning.for_model(self.job.model, [index.get(s) for s in labels])
+            valid_cond = Conditioning.for_model(self.job.model,
+                                                [index.get(s) for s in valid_labels])
             unknown = [i for i in self.valid_ids if valid_cond.speakers[i] is None]
             if unknown:
                 log.warning("%d held-out files have speakers not in training; not scored",
@@ -369,6 +353,7 @@ class Trainer:
         with autocast:
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
             params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
+                                  mel_offset=int(batch["mel_offset"][0]) if "mel" in batch else 0,
                                   first_output=self.rf - 1)
         loss = self.model.dist.nll(params, x[:, self.rf:])
         self.optimizer.zero_grad(set_to_none=True)
@@ -414,7 +399,8 @@ class Trainer:
         if self.job.model.mel is not None:  # copy synthesis of the start of a held-out file
             if not self.valid_ids:
                 return
-            item = file_item(self.valid_cache, self.valid_ids[0], self.valid_cond, 0,
+            item = file_item(self.valid_cache, self.valid_ids[0],
+                             replace(self.valid_cond, context=0), 0,
                              min(length, self.valid_cache.files[self.valid_ids[0]].length))
             mel = item["mel"][None].to(self.device)
         values = generate(model, length, generator=g, speaker=speaker, mel=mel)
