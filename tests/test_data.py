@@ -23,25 +23,44 @@ def write_constant_files(folder, lengths):
     return levels
 
 
+def write_ramp_files(folder, lengths):
+    """Sample n of file i is (5000·i + n) / 32768, exactly one int16 level: any stretch tells
+    which file and position it came from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(lengths):
+        sf.write(folder / f"f{i}.wav", ((5000 * i + np.arange(n)) / 32768).astype(np.float32),
+                 8000, subtype="FLOAT")
+
+
+def origin(x: torch.Tensor) -> tuple[int, int]:
+    """(file, first sample) of a stretch of a ramp file; asserts it is one unbroken stretch."""
+    levels = torch.round(x * 32768).long()
+    assert torch.equal(levels, levels[0] + torch.arange(len(levels))), "not one stretch"
+    return int(levels[0]) // 5000, int(levels[0]) % 5000
+
+
 def test_crops_never_cross_file_boundaries(tmp_path):
     lengths = [300, 1000, 120, 2000, 450]
-    levels = write_constant_files(tmp_path / "a", lengths)
+    write_ramp_files(tmp_path / "a", lengths)
     cache = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
     crop = 150
     ds = CropDataset(cache, list(range(len(lengths))), crop, seed=0)
     assert sorted(cache.files[i].path for i in ds.file_ids) == ["f0.wav", "f1.wav", "f3.wav",
                                                                 "f4.wav"]  # f2 is too short
-    seen_files = set()
+    seen_files, starts = set(), set()
     for i in range(2000):
         x = ds[i]["audio"]
         assert x.shape == (crop,)
-        assert len(set(x.tolist())) == 1  # one file's constant only
-        assert np.isclose(levels, x[0].item(), atol=1e-4).any()
         file_id, start = ds.locate(i)
+        # The crop is the located stretch of the located file, and lies inside it.
+        assert origin(x) == (int(cache.files[file_id].path[1]), start)
         assert 0 <= start and start + crop <= cache.files[file_id].length
         seen_files.add(file_id)
-    assert seen_files == set(ds.file_ids)
-    assert torch.equal(ds[17]["audio"], ds[17]["audio"])  # a pure function of its index
+        starts.add((file_id, start))
+    assert seen_files == set(ds.file_ids) and len(starts) > 1000
+    again = CropDataset(cache, list(range(len(lengths))), crop, seed=0)
+    assert torch.equal(ds[17]["audio"], again[17]["audio"])  # a pure function of its index
+    assert origin(ds[17]["audio"]) != origin(ds[18]["audio"])
 
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
@@ -100,7 +119,7 @@ def test_split_is_deterministic_by_file_and_never_empty(tmp_path):
 
 
 def test_loader_batches_do_not_depend_on_workers_or_restarts(tmp_path):
-    write_constant_files(tmp_path / "a", [800, 900, 1000])
+    write_ramp_files(tmp_path / "a", [800, 900, 1000])
     cache = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
     ds = CropDataset(cache, [0, 1, 2], 100, seed=3)
 
@@ -114,3 +133,5 @@ def test_loader_batches_do_not_depend_on_workers_or_restarts(tmp_path):
     resumed = [b["audio"] for b in batches(1, 0)]
     assert all(torch.equal(a, b) for a, b in zip(whole, workers, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(whole[1:], resumed[:2], strict=True))
+    crops = {origin(x) for batch in whole for x in batch}
+    assert len(crops) == 12  # twelve different stretches, not one repeated

@@ -60,8 +60,9 @@ def test_fast_generation_equals_teacher_forced_forward(variant, prime_length, me
     g = torch.Generator().manual_seed(1)
     context = None if prime_length is None else random_context(model, 3, prime_length, g)
     speaker, mel = conditioning(model, 3)
-    values, params = generate(model, 48, context, batch_size=3, generator=g, return_params=True,
-                              speaker=speaker, mel=mel, method=method)
+    params = torch.empty(3, model.dist.num_params, 48)
+    values = generate(model, 48, context, batch_size=3, generator=g, params_out=params,
+                      speaker=speaker, mel=mel, method=method)
     if context is None:
         context = silence_context(model, 3)
     p = context.shape[1]
@@ -153,7 +154,8 @@ def test_priming_in_one_pass_equals_stepping_through_the_prime(variant):
 
 def test_temperature_zero_is_greedy():
     model = tiny()
-    classes, logits = generate(model, 20, temperature=0.0, return_params=True)
+    logits = torch.empty(1, model.dist.num_params, 20)
+    classes = generate(model, 20, temperature=0.0, params_out=logits)
     assert torch.equal(classes, logits.argmax(dim=1))
 
 

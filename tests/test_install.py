@@ -129,7 +129,8 @@ def test_console_scripts_train_sample_evaluate(installed, elsewhere, tmp_path):
     done = _run(installed, "wavenet-evaluate", "checkpoint=outputs/wheel", "out=eval.json",
                 cwd=elsewhere)
     assert done.returncode == 0, done.stderr
-    assert json.loads((elsewhere / "eval.json").read_text())["bits_per_sample"] > 0
+    result = json.loads((elsewhere / "eval.json").read_text())
+    assert 7 < result["bits_per_sample"] < 9  # a barely trained 256-way softmax: about 8 bits
 
 
 def test_config_groups_and_launcher_from_the_wheel(installed, elsewhere):

@@ -1,9 +1,10 @@
 """Datasets over a folder tree of audio files.
 
 A one-time preprocessing pass decodes, resamples, trims and normalizes every file into one flat
-int16 file that training memory-maps, so a corpus larger than RAM works and restarts are fast. The
-cache is reused while the source files are unchanged (same paths, sizes, mtimes) and rebuilt when
-one changes. Crops never cross file boundaries; the held-out split is by file.
+int16 file that training reads crops from (with pread), so a corpus larger than RAM works and
+restarts are fast. The cache is reused while the source files are unchanged (same paths, sizes,
+mtimes) and rebuilt when one changes. Crops never cross file boundaries; the held-out split is by
+file.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ def generate(
     batch_size: int = 1,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-    return_params: bool = False,
+    params_out: torch.Tensor | None = None,
     on_samples: Callable[[torch.Tensor], None] | None = None,
     speaker: torch.Tensor | None = None,
     mel: torch.Tensor | None = None,
@@ -240,7 +240,7 @@ def generate(
         batch_size: streams, used when neither `context` nor `mel` says.
         temperature: sampling temperature; 0 is greedy.
         generator: torch.Generator for reproducible draws.
-        return_params: also return each step's distribution parameters (B, P, length).
+        params_out: if given, (B, P, length): filled with each step's distribution parameters.
         on_samples: called about 4 times a second with the values made since the last call,
             (B, n): for progress bars and streaming output.
         speaker: (B,) speaker ids (multi-speaker models).
@@ -251,7 +251,7 @@ def generate(
             All draw the same samples for the same generator.
         threads: CPU threads of the compiled step (default: torch.get_num_threads()).
     Returns:
-        values (B, length) (classes, or amplitudes for "mol"), and the parameters if asked.
+        values (B, length): classes, or amplitudes for "mol".
     """
     model.eval()
     if mel is not None:
@@ -262,7 +262,7 @@ def generate(
     loop = make_loop(model, context, speaker, mel, method,
                      threads or torch.get_num_threads())
     return _sample_loop(model, loop, context[:, -1], length, temperature, generator,
-                        return_params, on_samples)
+                        params_out, on_samples)
 
 
 def resolve_method(model: WaveNet, method: str) -> str:
@@ -369,14 +369,15 @@ class NativeLoop:
         return out[:, -1]
 
 
-def _sample_loop(model, loop, last, length, temperature, generator, return_params, on_samples):
+def _sample_loop(model, loop, last, length, temperature, generator, params, on_samples):
     """Shared draw loop, in chunks sized to about a quarter second each so that `on_samples`
     streams at a steady pace whatever the speed. Uniforms are drawn NOISE_BLOCK steps at a
     time, so every method consumes the generator identically."""
     batch, device = last.shape[0], last.device
     out = torch.empty(batch, length, dtype=last.dtype, device=device)
-    params = (torch.empty(batch, model.dist.num_params, length, device=device)
-              if return_params else None)
+    if params is not None and params.shape != (batch, model.dist.num_params, length):
+        raise ValueError(f"params_out has shape {tuple(params.shape)}; expected "
+                         f"{(batch, model.dist.num_params, length)}")
     x, done, chunk, reported, tick = last, 0, 1, 0, time.monotonic()
     while done < length:
         offset = done % NOISE_BLOCK
@@ -393,6 +394,4 @@ def _sample_loop(model, loop, last, length, temperature, generator, return_param
         if on_samples is not None and (time.monotonic() - tick > 0.25 or done == length):
             on_samples(out[:, reported:done])
             reported, tick = done, time.monotonic()
-    if return_params:
-        return out, params
     return out
