@@ -1,4 +1,10 @@
-"""Training: `train(job, run_dir) -> checkpoint path`, a plain function the CLI wraps."""
+"""Training: `train(job, run_dir) -> checkpoint path`, a plain function the CLI wraps.
+
+The parts, one job each: `TrainData` (train_data.py) sets up what is read; `TrainState` is what a
+checkpoint holds and restores; `Stepper` takes one optimizer step; `Clock` keeps the time budget;
+`Periodic` says which periodic work (log, evaluate, sample, checkpoint) is due; `Trainer` runs the
+loop that ties them together.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +20,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader
 
 from wavenet import checkpoint, checks
-from wavenet.audio import AudioError
 from wavenet.config import TrainConfig, TrainJob
-from wavenet.data import (
-    Conditioning,
-    CropDataset,
-    StepSampler,
-    file_item,
-    open_cache,
-    speaker_labels,
-    split_files,
-)
+from wavenet.data import file_item
 from wavenet.distributed import World
 from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
 from wavenet.model import WaveNet
 from wavenet.runtime import progress_bar, resolve_device, set_threads
+from wavenet.train_data import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +132,179 @@ def run_changes(stored: dict, requested: dict) -> dict[str, tuple]:
             if not k.startswith("model.") and k not in FREE_ON_RESUME and old[k] != new[k]}
 
 
+class TrainState:
+    """Everything a checkpoint holds and restores: the model, optimizer and EMA, the step, the
+    best held-out score and the training time spent (RNG states are saved with it)."""
+
+    def __init__(self, job: TrainJob, device: torch.device):
+        cfg = job.train
+        torch.manual_seed(cfg.seed)
+        self.model = WaveNet(job.model).to(device)
+        opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                 weight_decay=cfg.weight_decay)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update_fn(cfg.ema_decay),
+                                  use_buffers=True)
+                    if cfg.ema_decay is not None else None)
+        self.step = 0
+        self.best_bits = math.inf
+        self.spent = 0.0  # seconds of training loop up to the checkpoint it was restored from
+
+    def eval_model(self) -> WaveNet:
+        """The weights evaluation and sampling use: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def to_checkpoint(self, job: TrainJob, data: TrainData, spent: float) -> dict:
+        return {
+            "format": checkpoint.FORMAT,
+            "config": asdict(job),
+            "step": self.step,
+            "sample_rate": data.sample_rate,
+            "speakers": data.speakers,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "elapsed_s": spent,
+            "best_bits": float(self.best_bits),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = ckpt["step"]
+        self.spent = float(ckpt.get("elapsed_s", 0.0))
+        self.best_bits = ckpt.get("best_bits", math.inf)
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+
+
+def check_resumable(path: Path, ckpt: dict, job: TrainJob, speakers: list[str]) -> None:
+    """Refuse to resume a checkpoint into a different run (see FREE_ON_RESUME)."""
+    stored = ckpt["config"]["model"]
+    if stored != asdict(job.model):
+        diff = {k: (stored.get(k), v) for k, v in asdict(job.model).items()
+                if stored.get(k) != v}
+        raise checkpoint.CheckpointError(
+            f"{path} holds a model with a different config (checkpoint vs requested: {diff}); "
+            "resume with the same model=… or start a new run with another name=…")
+    if ckpt.get("speakers", []) != speakers:
+        raise checkpoint.CheckpointError(
+            f"{path} was trained with speakers {ckpt.get('speakers')}, the data now has "
+            f"{speakers}; resume on the same data or start a new run with name=…")
+    changes = run_changes(ckpt["config"], asdict(job))
+    if changes:
+        listed = ", ".join(f"{k}={checks.shown(a)} (now {checks.shown(b)})"
+                           for k, (a, b) in changes.items())
+        if job.train.resume_changes != "allow":
+            raise checkpoint.CheckpointError(
+                f"{path} was trained with other settings: {listed}; resume with the same "
+                "values, or pass train.resume_changes=allow to continue with the new ones")
+        log.warning("resuming with changed settings (train.resume_changes=allow): %s", listed)
+
+
+class Stepper:
+    """One optimizer step: the forward (under autocast, compiled, data-parallel, as configured),
+    the loss, the backward, clipping, the scheduled learning rate, the update and the EMA. A step
+    whose loss or gradient is not finite changes nothing."""
+
+    def __init__(self, state: TrainState, cfg: TrainConfig, world: World, device: torch.device):
+        self.state, self.cfg, self.world, self.device = state, cfg, world, device
+        forward = state.model
+        if world.distributed:
+            forward = DistributedDataParallel(
+                forward, device_ids=[device] if device.type == "cuda" else None)
+        self.forward = torch.compile(forward) if cfg.compile else forward
+
+    def __call__(self, batch: dict[str, torch.Tensor],
+                 time_fraction: float = 0.0) -> tuple[float, float, bool]:
+        """One step on a batch of crops (audio (B, RF + N), speaker (B,), mel (B, n_mels, F),
+        mel_offset (B,)); time_fraction: of train.max_time spent. Returns the loss in nats (mean
+        over all processes), the gradient norm, and whether the step was taken."""
+        state, cfg, model = self.state, self.cfg, self.state.model
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        x = model.dist.encode(batch["audio"])
+        rf = model.receptive_field
+        model.train()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=cfg.precision == "bf16")
+        with autocast:
+            # Column t predicts sample t+1; only columns with a full receptive field are scored.
+            params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
+                                  mel_offset=int(batch["mel_offset"][0]) if "mel" in batch else 0,
+                                  first_output=rf - 1)
+        loss = model.dist.nll(params, x[:, rf:])
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP, gradients arrive averaged over the processes
+        clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        loss_value = self.world.mean(loss.item(), self.device)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            state.optimizer.zero_grad(set_to_none=True)
+            return loss_value, grad_norm, False
+        lr = cfg.lr * lr_factor(state.step, cfg, time_fraction)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        state.optimizer.step()
+        if state.ema is not None:
+            state.ema.update_parameters(model)
+        return loss_value, grad_norm, True
+
+
+class Clock:
+    """The training time budget (train.max_time): time spent, earlier runs included, and
+    whether it is up. All processes agree (on the mean of their clocks), so they stop at the
+    same step and use the same learning rate."""
+
+    def __init__(self, cfg: TrainConfig, world: World, device: torch.device):
+        self.budget, self.world, self.device = cfg.max_seconds, world, device
+        self.before, self.started = 0.0, time.monotonic()
+        self.fraction = 0.0  # of the budget, as last agreed
+
+    def start(self, spent_before: float) -> None:
+        self.before, self.started = spent_before, time.monotonic()
+        self.check()
+
+    def spent(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    def check(self) -> bool:
+        """Whether the budget is spent; updates `fraction`."""
+        if self.budget is None:
+            return False
+        spent = self.world.mean(self.spent(), self.device)
+        self.fraction = spent / self.budget
+        return spent >= self.budget
+
+
+class Periodic:
+    """Which periodic work is due after a step, from the configured intervals; the last step
+    of a run gets a log line, an evaluation and a checkpoint whatever the intervals."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def log(self, step: int, last: bool) -> bool:
+        return step % self.cfg.log_every == 0 or last
+
+    def evaluate(self, step: int, last: bool) -> bool:
+        return step % self.cfg.eval_every == 0 or last
+
+    def sample(self, step: int) -> bool:
+        return bool(self.cfg.sample_every) and step % self.cfg.sample_every == 0
+
+    def checkpoint(self, step: int, last: bool) -> bool:
+        return step % self.cfg.checkpoint_every == 0 or last or step == self.cfg.stop_at
+
+
 class Trainer:
-    """Holds the model, optimizer, EMA, data and bookkeeping of one training run."""
+    """One training run: its data, state, step, clock and periodic work, and the loop."""
 
     def __init__(self, job: TrainJob, run_dir: Path):
         self.job, self.cfg = job, job.train
@@ -149,154 +317,32 @@ class Trainer:
                             f"{self.world.size} processes: make it a multiple of that")
         if not self.world.is_main:  # rank 0 speaks for the job
             logging.getLogger("wavenet").setLevel(logging.WARNING)
+        # The data first: a multi-speaker model's size comes from it.
+        self.data = TrainData.open(job, self.world)
+        self.state = TrainState(job, self.device)
+        self.stepper = Stepper(self.state, self.cfg, self.world, self.device)
+        self.clock = Clock(self.cfg, self.world, self.device)
+        self.periodic = Periodic(self.cfg)
 
-        self.rf = job.model.receptive_field
-        # First, as a multi-speaker model's size comes from the data. Rank 0 builds the cache
-        # while the others wait, then they open it.
-        if not self.world.is_main:
-            self.world.barrier()
-        self._open_data()
-        if self.world.is_main:
-            self.world.barrier()
-        torch.manual_seed(self.cfg.seed)
-        self.model = WaveNet(job.model).to(self.device)
-        trained = self.model
-        if self.world.distributed:
-            trained = DistributedDataParallel(
-                trained, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(trained) if self.cfg.compile else trained
-        opt_cls = torch.optim.AdamW if self.cfg.weight_decay else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.lr,
-                                 betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update_fn(self.cfg.ema_decay),
-                                  use_buffers=True)
-                    if self.cfg.ema_decay is not None else None)
-        self.step = 0
-        self.best_bits = math.inf
-        self.spent_before = 0.0  # seconds of training loop in earlier runs (a resume)
-        self.loop_start = time.monotonic()
-        self.time_fraction = 0.0  # of train.max_time, agreed by all processes
+    @property
+    def model(self) -> WaveNet:
+        return self.state.model
 
-    # ----------------------------------------------------------------------------------- data
-    def _open_data(self) -> None:
-        data = self.job.data
-        if data.root in (None, "", "???"):
-            raise AudioError("data.root is not set: pass data.root=/path/to/audio "
-                             "(or data=demo_piano for the bundled demo)")
-        mel = self.job.model.mel
-        self.sample_rate = data.audio.sample_rate
-        train_cache = open_cache(data.root, data.audio, data.cache_dir, self.rf, mel)
-        if data.valid_root is not None:
-            self.valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, self.rf,
-                                          mel)
-            train_ids, self.valid_ids = list(range(len(train_cache.files))), list(
-                range(len(self.valid_cache.files)))
-        else:
-            self.valid_cache = train_cache
-            train_ids, self.valid_ids = split_files(train_cache, data.valid_fraction)
-        if self.job.model.n_speakers and data.speakers is None:
-            raise UserError(f"model.n_speakers={self.job.model.n_speakers} but the data has no "
-                            "speaker labels: set data.speakers=folder or data.speakers=<csv>")
-        self.speakers: list[str] = []
-        train_cond = valid_cond = Conditioning.for_model(self.job.model)
-        if data.speakers is not None:
-            labels = speaker_labels(train_cache, data.speakers)
-            self.speakers = sorted({labels[i] for i in train_ids if labels[i] is not None})
-            self._size_speaker_table()
-            index = {name: n for n, name in enumerate(self.speakers)}
-            valid_labels = (labels if self.valid_cache is train_cache
-                            else speaker_labels(self.valid_cache, data.speakers))
-            train_cond = Conditioning.for_model(self.job.model, [index.get(s) for s in labels])
-            valid_cond = Conditioning.for_model(self.job.model,
-                                                [index.get(s) for s in valid_labels])
-            unknown = [i for i in self.valid_ids if valid_cond.speakers[i] is None]
-            if unknown:
-                log.warning("%d held-out files have speakers not in training; not scored",
-                            len(unknown))
-                self.valid_ids = [i for i in self.valid_ids if i not in set(unknown)]
-        self.valid_cond = valid_cond
-        self.dataset = CropDataset(train_cache, train_ids, self.rf + data.crop_samples,
-                                   self.cfg.seed, train_cond)
-        log.info("data: %d training files, %d held-out files, crops of %d samples%s",
-                 len(self.dataset.file_ids), len(self.valid_ids), self.dataset.crop_length,
-                 f", {len(self.speakers)} speakers" if self.speakers else "")
+    @property
+    def step(self) -> int:
+        return self.state.step
 
-    def _size_speaker_table(self) -> None:
-        model = self.job.model
-        if model.n_speakers == 0:
-            model.n_speakers = len(self.speakers)
-        elif model.n_speakers < len(self.speakers):
-            raise UserError(f"model.n_speakers={model.n_speakers} but the data has "
-                            f"{len(self.speakers)} speakers; set model.n_speakers=0 to size it "
-                            "from the data")
-
-    def _loader(self) -> DataLoader:
-        workers = self.job.data.num_workers
-        # Without a step limit (a time budget only), the crops run on until the loop stops.
-        steps = 2**62 if self.cfg.max_steps is None else self.cfg.max_steps - self.step
-        return DataLoader(self.dataset, batch_size=self.cfg.batch_size // self.world.size,
-                          sampler=StepSampler(self.step, steps,
-                                              self.cfg.batch_size, self.world.rank,
-                                              self.world.size),
-                          num_workers=workers, persistent_workers=False,
-                          pin_memory=self.device.type == "cuda", drop_last=True,
-                          prefetch_factor=4 if workers else None)
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
+        return self.stepper(batch, self.clock.fraction)
 
     # ---------------------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
-        return {
-            "format": checkpoint.FORMAT,
-            "config": asdict(self.job),
-            "step": self.step,
-            "sample_rate": self.sample_rate,
-            "speakers": self.speakers,
-            "model": self.model.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
-            "optimizer": self.optimizer.state_dict(),
-            "elapsed_s": self.spent(),
-            "best_bits": float(self.best_bits),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
-
     def step_path(self) -> Path:
         return self.ckpt_dir / f"step-{self.step:08d}.pt"
 
     def restore(self, path: Path) -> None:
         ckpt = checkpoint.load(path, map_location=self.device)
-        stored = ckpt["config"]["model"]
-        if stored != asdict(self.job.model):
-            diff = {k: (stored.get(k), v) for k, v in asdict(self.job.model).items()
-                    if stored.get(k) != v}
-            raise checkpoint.CheckpointError(
-                f"{path} holds a model with a different config (checkpoint vs requested: {diff}); "
-                "resume with the same model=… or start a new run with another name=…")
-        if ckpt.get("speakers", []) != self.speakers:
-            raise checkpoint.CheckpointError(
-                f"{path} was trained with speakers {ckpt.get('speakers')}, the data now has "
-                f"{self.speakers}; resume on the same data or start a new run with name=…")
-        changes = run_changes(ckpt["config"], asdict(self.job))
-        if changes:
-            listed = ", ".join(f"{k}={checks.shown(a)} (now {checks.shown(b)})"
-                               for k, (a, b) in changes.items())
-            if self.cfg.resume_changes != "allow":
-                raise checkpoint.CheckpointError(
-                    f"{path} was trained with other settings: {listed}; resume with the same "
-                    "values, or pass train.resume_changes=allow to continue with the new ones")
-            log.warning("resuming with changed settings (train.resume_changes=allow): %s",
-                        listed)
-        self.model.load_state_dict(ckpt["model"])
-        if self.ema is not None and ckpt.get("ema") is not None:
-            self.ema.module.load_state_dict(ckpt["ema"])
-            self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step = ckpt["step"]
-        self.spent_before = float(ckpt.get("elapsed_s", 0.0))
-        self.best_bits = ckpt.get("best_bits", math.inf)
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        check_resumable(path, ckpt, self.job, self.data.speakers)
+        self.state.load(ckpt)
         log.info("resumed from %s at step %d", path, self.step)
 
     def resume_or_start(self) -> None:
@@ -316,99 +362,27 @@ class Trainer:
             return
         self.restore(checkpoint.resolve(resume))
 
-    # ------------------------------------------------------------------------------- training
-    def eval_model(self) -> WaveNet:
-        return self.ema.module if self.ema is not None else self.model
+    def save(self) -> Path | None:
+        """Write this step's checkpoint (rank 0; other processes return None)."""
+        if not self.world.is_main:
+            return None
+        path = self.step_path()
+        checkpoint.save_atomic(self._checkpoint(), path)
+        for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last]:
+            old.unlink()
+        return path
 
-    def spent(self) -> float:
-        """Seconds of training loop so far, earlier runs of this checkpoint's lineage included."""
-        return self.spent_before + time.monotonic() - self.loop_start
-
-    def time_up(self) -> bool:
-        """Whether train.max_time is spent; also updates the schedule's time fraction. All
-        processes agree on both (the mean of their clocks), so they stop at the same step and
-        use the same learning rate."""
-        if self.cfg.max_seconds is None:
-            return False
-        spent = self.world.mean(self.spent(), self.device)
-        self.time_fraction = spent / self.cfg.max_seconds
-        return spent >= self.cfg.max_seconds
+    def _checkpoint(self) -> dict:
+        return self.state.to_checkpoint(self.job, self.data, self.clock.spent())
 
     def finished(self) -> bool:
         """Whether the checkpoint resumed from had reached the step limit or spent the time
         budget (what it stored, so that every process reads the same)."""
-        return ((self.cfg.max_steps is not None and self.step >= self.cfg.max_steps)
-                or (self.cfg.max_seconds is not None
-                    and self.spent_before >= self.cfg.max_seconds))
-
-    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
-        """One optimizer step on a batch of crops (audio (B, RF + N), speaker (B,), mel
-        (B, n_mels, frames)). Returns the loss in nats (mean over all processes), the gradient
-        norm, and whether the step was taken: one with a non-finite loss or gradient is not."""
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        x = self.model.dist.encode(batch["audio"])
-        self.model.train()
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                  enabled=self.cfg.precision == "bf16")
-        with autocast:
-            # Column t predicts sample t+1; only columns with a full receptive field are scored.
-            params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
-                                  mel_offset=int(batch["mel_offset"][0]) if "mel" in batch else 0,
-                                  first_output=self.rf - 1)
-        loss = self.model.dist.nll(params, x[:, self.rf:])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP, gradients arrive averaged over the processes
-        clip = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        loss_value = self.world.mean(loss.item(), self.device)
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            return loss_value, grad_norm, False
-        lr = self.cfg.lr * lr_factor(self.step, self.cfg, self.time_fraction)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        return loss_value, grad_norm, True
-
-    def evaluate(self, writer) -> float:
         cfg = self.cfg
-        max_samples = (None if cfg.eval_max_seconds is None
-                       else int(cfg.eval_max_seconds * self.sample_rate))
-        result = heldout_nll(self.eval_model(), self.valid_cache, self.valid_ids, max_samples,
-                             self.valid_cond)
-        bits = result["bits_per_sample"]
-        writer.add_scalar("valid/bits_per_sample", bits, self.step)
-        writer.add_scalar("valid/entropy_bits", result["entropy_bits"], self.step)
-        log.info("step %d: held-out %.3f bits/sample (mu-law histogram entropy %.3f)",
-                 self.step, bits, result["entropy_bits"])
-        if bits < self.best_bits:
-            self.best_bits = bits
-            checkpoint.save_atomic(self.state(), self.ckpt_dir / "best.pt")
-        return bits
+        return ((cfg.max_steps is not None and self.step >= cfg.max_steps)
+                or (cfg.max_seconds is not None and self.state.spent >= cfg.max_seconds))
 
-    def log_audio(self, writer) -> None:
-        from wavenet.plots import spectrogram_figure
-
-        model = self.eval_model()
-        length = int(self.cfg.sample_seconds * self.sample_rate)
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
-        speaker = torch.zeros(1, dtype=torch.long, device=self.device) if self.speakers else None
-        mel = None
-        if self.job.model.mel is not None:  # copy synthesis of the start of a held-out file
-            if not self.valid_ids:
-                return
-            item = file_item(self.valid_cache, self.valid_ids[0],
-                             replace(self.valid_cond, context=0), 0,
-                             min(length, self.valid_cache.files[self.valid_ids[0]].length))
-            mel = item["mel"][None].to(self.device)
-        values = generate(model, length, generator=g, speaker=speaker, mel=mel)
-        audio = model.dist.decode(values[0].cpu()).numpy()
-        writer.add_audio("sample/audio", audio[None], self.step, sample_rate=self.sample_rate)
-        writer.add_figure("sample/spectrogram", spectrogram_figure(audio, self.sample_rate),
-                          self.step)
-
+    # ------------------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -421,57 +395,49 @@ class Trainer:
                       f"checkpoint: {path}")
             return path
         if main:
-            rf_ms = 1000.0 * self.rf / self.sample_rate
-            print(f"model: {self.model.num_parameters():,} parameters, receptive field {self.rf} "
-                  f"samples ({rf_ms:.1f} ms at {self.sample_rate} Hz); device {self.device}"
-                  + (f" x {self.world.size} processes" if self.world.distributed else "")
-                  + f"; run folder {self.run_dir}")
-            print(f"training until {self._limits()}"
-                  + (f"; {_clock(self.spent_before)} of the budget already used"
-                     if self.spent_before and cfg.max_seconds is not None else ""))
+            self._announce()
         writer = (SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
                   if main else None)
-        crop_pred = self.dataset.crop_length - self.rf
+        crop_pred = self.data.dataset.crop_length - self.model.receptive_field
         bar = progress_bar(total=cfg.max_steps, initial=self.step,
                            disable=not (cfg.progress and main), unit="step")
         last_saved, bad_steps = None, 0
         tick, samples_since = time.perf_counter(), 0
-        self.loop_start = time.monotonic()
-        self.time_up()  # the schedule's time fraction where a resumed budget left off
+        self.clock.start(self.state.spent)
         try:
             with StopRequest() as stop:
-                for batch in self._loader():
+                for batch in self.data.loader(self.job, self.step, self.world, self.device):
                     loss, grad_norm, taken = self.train_step(batch)
-                    self.step += 1
+                    self.state.step += 1
+                    step = self.step
                     samples_since += batch["audio"].shape[0] * self.world.size * crop_pred
                     bar.update(1)
                     if not taken:
                         bad_steps += 1
                         log.warning("step %d: loss %s, gradient norm %s: step skipped (%d in a "
-                                    "row; training stops at train.max_bad_steps=%d)", self.step,
+                                    "row; training stops at train.max_bad_steps=%d)", step,
                                     loss, grad_norm, bad_steps, cfg.max_bad_steps)
                         if bad_steps >= cfg.max_bad_steps:
                             break
                     else:
                         bad_steps = 0
-                    time_up = self.time_up()
-                    last = self.step == cfg.max_steps or time_up
-                    if main and taken and (self.step % cfg.log_every == 0 or last):
+                    time_up = self.clock.check()
+                    last = step == cfg.max_steps or time_up
+                    if main and taken and self.periodic.log(step, last):
                         rate = samples_since / (time.perf_counter() - tick)
                         tick, samples_since = time.perf_counter(), 0
                         self._log_scalars(writer, bar, loss, grad_norm, rate)
-                    if main and self.valid_ids and (self.step % cfg.eval_every == 0 or last):
+                    if main and self.data.valid_ids and self.periodic.evaluate(step, last):
                         self.evaluate(writer)
-                    if main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    if main and self.periodic.sample(step):
                         self.log_audio(writer)
                     # No checkpoint inside a run of skipped steps: the newest one then
                     # predates the trouble.
-                    if taken and (self.step % cfg.checkpoint_every == 0 or last
-                                  or self.step == cfg.stop_at):
+                    if taken and self.periodic.checkpoint(step, last):
                         last_saved = self.save()
                     # Every process must stop at the same step, whichever got the signal.
                     if self.world.any(stop.requested, self.device) or time_up or (
-                            cfg.stop_at is not None and self.step >= cfg.stop_at):
+                            cfg.stop_at is not None and step >= cfg.stop_at):
                         break
         finally:
             bar.close()
@@ -483,9 +449,69 @@ class Trainer:
             last_saved = self.save()
         if main:
             print(f"checkpoint: {last_saved} (step {self.step}"
-                  + (f", best held-out {self.best_bits:.3f} bits/sample"
-                     if np.isfinite(self.best_bits) else "") + ")")
+                  + (f", best held-out {self.state.best_bits:.3f} bits/sample"
+                     if np.isfinite(self.state.best_bits) else "") + ")")
         return last_saved
+
+    # -------------------------------------------------------------------- the periodic work
+    def evaluate(self, writer) -> float:
+        cfg, data = self.cfg, self.data
+        max_samples = (None if cfg.eval_max_seconds is None
+                       else int(cfg.eval_max_seconds * data.sample_rate))
+        result = heldout_nll(self.state.eval_model(), data.valid_cache, data.valid_ids,
+                             max_samples, data.valid_cond)
+        bits = result["bits_per_sample"]
+        writer.add_scalar("valid/bits_per_sample", bits, self.step)
+        writer.add_scalar("valid/entropy_bits", result["entropy_bits"], self.step)
+        log.info("step %d: held-out %.3f bits/sample (mu-law histogram entropy %.3f)",
+                 self.step, bits, result["entropy_bits"])
+        if bits < self.state.best_bits:
+            self.state.best_bits = bits
+            checkpoint.save_atomic(self._checkpoint(), self.ckpt_dir / "best.pt")
+        return bits
+
+    def log_audio(self, writer) -> None:
+        from wavenet.plots import spectrogram_figure
+
+        model, data = self.state.eval_model(), self.data
+        length = int(self.cfg.sample_seconds * data.sample_rate)
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
+        speaker = torch.zeros(1, dtype=torch.long, device=self.device) if data.speakers else None
+        mel = None
+        if self.job.model.mel is not None:  # copy synthesis of the start of a held-out file
+            if not data.valid_ids:
+                return
+            first = data.valid_ids[0]
+            item = file_item(data.valid_cache, first, replace(data.valid_cond, context=0), 0,
+                             min(length, data.valid_cache.files[first].length))
+            mel = item["mel"][None].to(self.device)
+        values = generate(model, length, generator=g, speaker=speaker, mel=mel)
+        audio = model.dist.decode(values[0].cpu()).numpy()
+        writer.add_audio("sample/audio", audio[None], self.step, sample_rate=data.sample_rate)
+        writer.add_figure("sample/spectrogram", spectrogram_figure(audio, data.sample_rate),
+                          self.step)
+
+    def _log_scalars(self, writer, bar, loss: float, grad_norm: float, rate: float) -> None:
+        bits = loss / math.log(2)
+        writer.add_scalar("train/loss", loss, self.step)
+        writer.add_scalar("train/bits_per_sample", bits, self.step)
+        writer.add_scalar("train/lr", self.state.optimizer.param_groups[0]["lr"], self.step)
+        writer.add_scalar("train/grad_norm", grad_norm, self.step)
+        writer.add_scalar("train/samples_per_s", rate, self.step)
+        bar.set_postfix(loss=f"{loss:.3f}", bits=f"{bits:.2f}", samples_s=f"{rate:,.0f}")
+        if not self.cfg.progress:
+            log.info("step %d: loss %.4f (%.3f bits/sample), %.0f samples/s",
+                     self.step, loss, bits, rate)
+
+    def _announce(self) -> None:
+        rf, rate = self.model.receptive_field, self.data.sample_rate
+        print(f"model: {self.model.num_parameters():,} parameters, receptive field {rf} "
+              f"samples ({1000.0 * rf / rate:.1f} ms at {rate} Hz); device {self.device}"
+              + (f" x {self.world.size} processes" if self.world.distributed else "")
+              + f"; run folder {self.run_dir}")
+        print(f"training until {self._limits()}"
+              + (f"; {_clock(self.state.spent)} of the budget already used"
+                 if self.state.spent and self.cfg.max_seconds is not None else ""))
 
     def _limits(self) -> str:
         """The run's end, e.g. "step 2000 or 2h of training, whichever comes first"."""
@@ -495,18 +521,6 @@ class Trainer:
         if steps and budget:
             return f"{steps} or {budget}, whichever comes first"
         return steps or budget
-
-    def _log_scalars(self, writer, bar, loss: float, grad_norm: float, rate: float) -> None:
-        bits = loss / math.log(2)
-        writer.add_scalar("train/loss", loss, self.step)
-        writer.add_scalar("train/bits_per_sample", bits, self.step)
-        writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
-        writer.add_scalar("train/grad_norm", grad_norm, self.step)
-        writer.add_scalar("train/samples_per_s", rate, self.step)
-        bar.set_postfix(loss=f"{loss:.3f}", bits=f"{bits:.2f}", samples_s=f"{rate:,.0f}")
-        if not self.cfg.progress:
-            log.info("step %d: loss %.4f (%.3f bits/sample), %.0f samples/s",
-                     self.step, loss, bits, rate)
 
     def _diverged(self) -> None:
         """Stop after max_bad_steps non-finite steps in a row. The newest checkpoint predates
@@ -519,16 +533,6 @@ class Trainer:
             f"training diverged: steps {first}-{self.step} all had a non-finite loss or gradient; "
             f"{path} is from before that: lower train.lr (or set train.grad_clip) and continue "
             "with train.resume=auto")
-
-    def save(self) -> Path | None:
-        """Write this step's checkpoint (rank 0; other processes return None)."""
-        if not self.world.is_main:
-            return None
-        path = self.step_path()
-        checkpoint.save_atomic(self.state(), path)
-        for old in checkpoint.step_checkpoints(self.ckpt_dir)[:-self.cfg.keep_last]:
-            old.unlink()
-        return path
 
 
 def _clock(seconds: float) -> str:
