@@ -2,8 +2,9 @@
 
 The library is compiled once per machine with the system's C++ compiler (about a second) and
 cached in native/ under `$WAVENET_CACHE` (default: the data cache's folder, ~/.cache/wavenet).
-Without a compiler, or with WAVENET_NATIVE=0, `library()` is None and generation uses the
-PyTorch incremental path, which draws the same samples.
+Without a compiler, with WAVENET_NATIVE=0, or when the built library's structures are laid out
+otherwise than the ctypes declarations here, `library()` is None and generation uses the PyTorch
+incremental path, which draws the same samples.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from wavenet.data import default_cache_dir
 
 SOURCE = Path(__file__).with_name("csrc") / "fast_step.cpp"
 PANEL = 16  # output columns per packed weight panel, as in the C++ source
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _c_float_p = ctypes.POINTER(ctypes.c_float)
 
@@ -67,13 +68,59 @@ def library() -> ctypes.CDLL | None:
         else:
             try:
                 lib = ctypes.CDLL(str(_build()))
-                lib.wavenet_run.argtypes = [ctypes.POINTER(Net), ctypes.POINTER(Run)]
                 if lib.wavenet_abi_version() != ABI_VERSION:
                     raise OSError("stale build")
+                lib.wavenet_struct_layout.argtypes = [
+                    ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int]
+                mismatch = layout_mismatch(lib)
+                if mismatch is not None:
+                    raise OSError(f"{SOURCE.name} does not match native.py: {mismatch}")
+                lib.wavenet_run.argtypes = [ctypes.POINTER(Net), ctypes.POINTER(Run)]
                 _state["lib"] = lib
-            except (OSError, subprocess.SubprocessError) as e:
+            except (OSError, AttributeError, subprocess.SubprocessError) as e:
                 _state["why"] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
     return _state["lib"]
+
+
+_KINDS = ("integer", "float", "pointer")  # the kinds wavenet_struct_layout reports, in order
+
+
+def _layout(struct) -> tuple[int, list[tuple[int, int, int]]]:
+    """A ctypes structure's size and each field's (offset, size, kind), in declaration order:
+    what `wavenet_struct_layout` reports for its C++ twin."""
+    fields = []
+    for name, ctype in struct._fields_:
+        kind = 2 if issubclass(ctype, ctypes._Pointer) else int(
+            ctype in (ctypes.c_float, ctypes.c_double))
+        fields.append((getattr(struct, name).offset, getattr(struct, name).size, kind))
+    return ctypes.sizeof(struct), fields
+
+
+def _describe(field: tuple[int, int, int]) -> str:
+    offset, size, kind = field
+    return f"at byte {offset}, {size} bytes, {_KINDS[kind]}"
+
+
+def layout_mismatch(lib) -> str | None:
+    """How the library's WavenetNet and WavenetRun differ from `Net` and `Run`, or None.
+
+    A difference would make the compiled step read its arguments from the wrong bytes, which
+    no error reports: it computes garbage or crashes.
+    """
+    for which, (c_name, struct) in enumerate((("WavenetNet", Net), ("WavenetRun", Run))):
+        size, fields = _layout(struct)
+        out = (ctypes.c_int64 * (1 + 3 * len(fields)))()
+        n = lib.wavenet_struct_layout(which, out, len(out))
+        if n != len(fields):
+            return f"{c_name} has {n} fields, Python's {struct.__name__} has {len(fields)}"
+        for i, (name, _) in enumerate(struct._fields_):
+            theirs = tuple(out[1 + 3 * i:4 + 3 * i])
+            if theirs != fields[i]:
+                return (f"field {i} ({struct.__name__}.{name}) is {_describe(theirs)} in "
+                        f"{c_name} but {_describe(fields[i])} in Python")
+        if out[0] != size:
+            return f"sizeof({c_name}) is {out[0]}, ctypes.sizeof({struct.__name__}) is {size}"
+    return None
 
 
 def _cpu_signature() -> str:

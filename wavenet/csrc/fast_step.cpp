@@ -17,9 +17,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -124,6 +127,9 @@ void gemm(const float* X, int ldx, int M, int K, const float* W, int N, float* Y
 }  // namespace
 
 extern "C" {
+
+// Both structures are declared again with ctypes in wavenet/native.py (Net, Run), which checks
+// at load time that they agree with `wavenet_struct_layout` (at the end of this file).
 
 // The network: sizes and packed weights (see the top of the file).
 struct WavenetNet {
@@ -311,7 +317,61 @@ extern "C" int wavenet_run(const WavenetNet* net, const WavenetRun* run) {
   return 0;
 }
 
-extern "C" int wavenet_abi_version() { return 1; }
+extern "C" int wavenet_abi_version() { return 2; }
+
+namespace {
+
+// Offset, size and kind (0 integer, 1 floating point, 2 pointer) of a field.
+template <typename T>
+constexpr int64_t kind_of() {
+  return std::is_pointer<T>::value ? 2 : std::is_floating_point<T>::value ? 1 : 0;
+}
+#define WAVENET_FIELD(S, f) \
+  static_cast<int64_t>(offsetof(S, f)), static_cast<int64_t>(sizeof(S::f)), \
+      kind_of<decltype(S::f)>()
+
+// Every field of the two structures, in declaration order. A field added to a structure must
+// be added here too, or the check below cannot see it.
+constexpr int64_t kNetLayout[] = {
+    WAVENET_FIELD(WavenetNet, layers),       WAVENET_FIELD(WavenetNet, kernel_size),
+    WAVENET_FIELD(WavenetNet, residual),     WAVENET_FIELD(WavenetNet, gate),
+    WAVENET_FIELD(WavenetNet, skip),         WAVENET_FIELD(WavenetNet, params),
+    WAVENET_FIELD(WavenetNet, continuous_input), WAVENET_FIELD(WavenetNet, mixtures),
+    WAVENET_FIELD(WavenetNet, skip_scale),   WAVENET_FIELD(WavenetNet, log_scale_min),
+    WAVENET_FIELD(WavenetNet, levels),       WAVENET_FIELD(WavenetNet, dilations),
+    WAVENET_FIELD(WavenetNet, embed),        WAVENET_FIELD(WavenetNet, conv_w),
+    WAVENET_FIELD(WavenetNet, out_w),        WAVENET_FIELD(WavenetNet, out_b),
+    WAVENET_FIELD(WavenetNet, head1_w),      WAVENET_FIELD(WavenetNet, head1_b),
+    WAVENET_FIELD(WavenetNet, head2_w),      WAVENET_FIELD(WavenetNet, head2_b)};
+constexpr int64_t kRunLayout[] = {
+    WAVENET_FIELD(WavenetRun, batch),       WAVENET_FIELD(WavenetRun, steps),
+    WAVENET_FIELD(WavenetRun, threads),     WAVENET_FIELD(WavenetRun, t),
+    WAVENET_FIELD(WavenetRun, temperature), WAVENET_FIELD(WavenetRun, x),
+    WAVENET_FIELD(WavenetRun, ring),        WAVENET_FIELD(WavenetRun, ring_stride),
+    WAVENET_FIELD(WavenetRun, bias),        WAVENET_FIELD(WavenetRun, bias_b),
+    WAVENET_FIELD(WavenetRun, bias_step),   WAVENET_FIELD(WavenetRun, noise),
+    WAVENET_FIELD(WavenetRun, noise_b),     WAVENET_FIELD(WavenetRun, noise_step),
+    WAVENET_FIELD(WavenetRun, out),         WAVENET_FIELD(WavenetRun, out_b),
+    WAVENET_FIELD(WavenetRun, params_out),  WAVENET_FIELD(WavenetRun, params_b),
+    WAVENET_FIELD(WavenetRun, params_c)};
+#undef WAVENET_FIELD
+
+}  // namespace
+
+// The layout of a structure shared with Python (which 0: WavenetNet, 1: WavenetRun), so that
+// wavenet/native.py can refuse this library when its ctypes declarations differ: a field
+// added, moved or retyped on one side only would otherwise be read as garbage, silently.
+// Writes sizeof, then offset, size and kind of each field in declaration order, at most
+// `capacity` numbers; returns the number of fields (-1 for an unknown structure).
+extern "C" int wavenet_struct_layout(int which, int64_t* out, int capacity) {
+  const int64_t* fields = which == 0 ? kNetLayout : which == 1 ? kRunLayout : nullptr;
+  if (fields == nullptr) return -1;
+  const int64_t n = which == 0 ? std::size(kNetLayout) : std::size(kRunLayout);
+  const int64_t size = which == 0 ? sizeof(WavenetNet) : sizeof(WavenetRun);
+  if (capacity > 0) out[0] = size;
+  for (int64_t i = 0; i < n && i + 1 < capacity; ++i) out[i + 1] = fields[i];
+  return static_cast<int>(n / 3);
+}
 
 // Y (M × padded(N), holding the bias) += X (M × K) · W (packed): the kernel alone, for the
 // benchmark's floor (one matrix-vector product over all weights).
