@@ -59,7 +59,6 @@ from wavenet.generate import (
     IncrementalStepper,
     NativeLoop,
     StepBias,
-    full_conditioning,
     generate,
     make_loop,
 )
@@ -95,16 +94,16 @@ def inputs(model: WaveNet, batch: int, length: int, seed: int = 0):
     return values, speaker, mel
 
 
-def reference(model: WaveNet, values, speaker, cond) -> torch.Tensor:
+def reference(model: WaveNet, values, speaker, mel, mel_offset: int) -> torch.Tensor:
     """The ResidualBlock-by-block pass in float64: (B, P, T), column t predicting sample t+1.
 
-    cond: (B, n_mels, T) upsampled features of samples 1..T, or None.
+    mel, mel_offset: frames (B, n_mels, F), or None, and where values[:, 0] sits on their axis.
     """
     exact = copy.deepcopy(model).double()
     if values.is_floating_point():
         values = values.double()
     with torch.no_grad():
-        return exact(values, speaker, None if cond is None else cond.double(),
+        return exact(values, speaker, None if mel is None else mel.double(), mel_offset,
                      layer_inputs=[])
 
 
@@ -236,13 +235,13 @@ def test_incremental_step_equals_the_reference_at_every_step(case, batch, kernel
     reference pass over it: the empty ring buffers are the reference's zero padding."""
     model = model_at(case, kernel_size)
     values, speaker, mel = inputs(model, batch, LENGTH)
-    cond = full_conditioning(model, 1, mel)  # columns for samples 0..LENGTH
+    # The mel frames' sample 0 is predicted by the first step: it sits at position 1.
     state = IncrementalState.zeros(model, batch)
-    stepper, bias = IncrementalStepper(model), StepBias(model, batch, speaker, cond)
+    stepper, bias = IncrementalStepper(model), StepBias(model, batch, speaker, mel, origin=1)
     with torch.no_grad():
         steps = torch.stack([stepper.step(state, values[:, t], bias.at(t + 1))
                              for t in range(LENGTH)], dim=2)
-    truth = reference(model, values, speaker, None if cond is None else cond[:, :, 1:])
+    truth = reference(model, values, speaker, mel, mel_offset=-1)
     assert_near(steps, truth, STEP_BOUND)
 
 
@@ -253,14 +252,13 @@ def native_run(model: WaveNet, batch: int, threads: int):
 
     Returns:
         the sequence (B, prime + LENGTH): the prime, then the draws; the parameters of each
-        draw (B, num_params, LENGTH); the upsampled features of samples 1.. (B, n_mels,
-        prime + LENGTH - 1) or None; the speakers (B,) or None.
+        draw (B, num_params, LENGTH); the mel frames of the draws (B, n_mels, F) or None; the
+        speakers (B,) or None.
     """
     prime_length = model.receptive_field + 5  # the prime fills every ring before the steps
     prime, speaker, _ = inputs(model, batch, prime_length)
     _, _, mel = inputs(model, batch, LENGTH, seed=1)  # the frames of the new samples
-    cond = full_conditioning(model, prime_length, mel)
-    loop = make_loop(model, prime, speaker, cond, "fast", threads)
+    loop = make_loop(model, prime, speaker, mel, "fast", threads)
     assert isinstance(loop, NativeLoop), native.unavailable_reason()
     noise = torch.rand(batch, LENGTH, model.dist.noise_per_sample,
                        generator=torch.Generator().manual_seed(2))
@@ -270,8 +268,7 @@ def native_run(model: WaveNet, batch: int, threads: int):
     # Two calls, so that the second starts with a clock and rings left by the first.
     for a, b in ((0, 5), (5, LENGTH)):
         x = loop.advance(x, noise[:, a:b], drawn[:, a:b], params[:, :, a:b], 1.0)
-    cond = None if cond is None else cond[:, :, 1:]
-    return torch.cat([prime, drawn], dim=1), params, cond, speaker
+    return torch.cat([prime, drawn], dim=1), params, mel, speaker
 
 
 needs_compiler = pytest.mark.skipif(
@@ -287,9 +284,10 @@ needs_compiler = pytest.mark.skipif(
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_step_equals_the_reference_at_every_step(case, batch, kernel_size, threads):
     model = model_at(case, kernel_size)
-    sequence, params, cond, speaker = native_run(model, batch, threads)
+    sequence, params, mel, speaker = native_run(model, batch, threads)
     prime_length = sequence.shape[1] - LENGTH
-    truth = reference(model, sequence[:, :-1], speaker, cond)[:, :, prime_length - 1:]
+    truth = reference(model, sequence[:, :-1], speaker, mel,
+                      mel_offset=-prime_length)[:, :, prime_length - 1:]
     assert_near(params, truth, STEP_BOUND)
 
 
