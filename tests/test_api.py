@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import wavenet
 from tests.conftest import compose_job, tiny_train_overrides, write_tone_folder
@@ -152,3 +153,35 @@ def test_compose_builds_the_jobs_of_the_command_line():
     with pytest.raises(UserError, match="data.root is not set"):
         wavenet.compose("train", [])
     assert isinstance(wavenet.compose("sample", ["checkpoint=x.pt"]), wavenet.SampleJob)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"prime": torch.zeros(100, requires_grad=True)}, None),  # a tensor that needs grad is fine
+    ({"prime": ["a", "b"]}, "prime must be an array of real numbers"),
+    ({"prime": {"a": 1}}, "prime must be an array of real numbers"),
+    ({"prime": np.zeros(10, complex)}, "prime must be an array of real numbers, not complex"),
+    ({"prime": np.full(10, 1e300)}, "prime holds NaN or infinite values"),
+    ({"on_samples": 5}, "on_samples must be a function"),
+    ({"seconds": np.float32(0.01), "n": np.int64(2)}, None),  # numpy scalars are numbers
+    ({"n": 2.0}, "n=2.0: must be an integer"),
+    ({"speaker": True}, "speaker=True: this checkpoint has no speakers"),
+])
+def test_api_arguments_of_the_wrong_kind_are_user_errors(tone_run, kwargs, message):
+    model = wavenet.load(tone_run[0])
+    if message is None:
+        assert model.generate(**{"seconds": 0.01, **kwargs}).shape[1] == 80
+        return
+    with pytest.raises(UserError, match=re.escape(message)):
+        model.generate(**{"seconds": 0.01, **kwargs})
+
+
+def test_load_and_write_wav_reject_the_wrong_kind_of_argument(tone_run, tmp_path):
+    with pytest.raises(UserError, match="not int"):
+        wavenet.load(5)
+    with pytest.raises(UserError, match="device=None: use auto, cpu, cuda or cuda:N"):
+        wavenet.load(tone_run[0], device=None)
+    audio = np.zeros(100, np.float32)
+    with pytest.raises(UserError, match="writes .wav files"):
+        wavenet.write_wav(tmp_path / "x.txt", audio, 8000)
+    with pytest.raises(UserError, match="sample_rate=0"):
+        wavenet.write_wav(tmp_path / "x.wav", audio, 0)

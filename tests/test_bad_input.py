@@ -287,7 +287,7 @@ def test_an_evaluation_result_path_that_is_a_folder(tone_folder, tmp_path):
     (tmp_path / "taken").mkdir()
     one_line_error(run_script("evaluate", f"checkpoint={ckpt}", f"out={tmp_path}/taken",
                               cwd=tmp_path),
-                   f"{tmp_path}/taken: Is a directory; a folder is in the way of that file")
+                   f"out={tmp_path}/taken is a folder: give a file path")
 
 
 def test_unreadable_or_misplaced_speaker_manifests(tmp_path):
@@ -365,3 +365,101 @@ def test_ctrl_c_while_sampling_is_one_line_and_keeps_the_audio(tone_folder, tmp_
     assert "Traceback" not in err
     audio, rate = sf.read(wav)
     assert rate == 8000 and len(audio) >= 1000
+
+
+def test_a_vocoder_takes_files_shorter_than_half_its_fft(tmp_path):
+    from wavenet.features import MelConfig
+
+    folder = write_tone_folder(tmp_path / "a", n_files=2, rate=8000)
+    sf.write(folder / "short.wav", np.full(300, 0.2, np.float32), 8000)  # < n_fft / 2
+    mel = MelConfig(n_fft=1024, hop_length=64, n_mels=20)
+    cache = open_cache(folder, AUDIO, tmp_path / "cache", mel=mel)
+    short = next(f for f in cache.files if f.path == "short.wav")
+    assert short.length == 300 and short.frames == 300 // 64 + 1
+    assert np.isfinite(cache.mels(cache.files.index(short))).all()
+
+
+def test_resuming_a_finished_checkpoint_into_a_new_folder(tone_folder, tmp_path, capsys):
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=4)
+    first = train(compose_job("train", base), tmp_path / "run")
+    # A run folder resumes from its newest step checkpoint, not from best.pt.
+    from wavenet.checkpoint import newest
+    assert newest(tmp_path / "run") == first
+    again = train(compose_job("train", base + [f"train.resume={tmp_path / 'run'}"]),
+                  tmp_path / "other")
+    assert again == first and "already trained" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["data=demo_piano", "+model.layerz=3"], "model.layerz is not a setting of this program"),
+    (["data=demo_piano", "+train.bar=x"], "train.bar is not a setting of this program"),
+    (["data=demo_piano", "model=null"], "model=null: choose one of base, debug, small"),
+    (["data=null"], "data=null: choose one of demo_piano, demo_speech, folder"),
+    (["data=demo_piano", "train.eval_max_seconds=1e-5"],
+     "train.eval_max_seconds=1e-05 is less than one sample at 16000 Hz"),
+    (["data.root=/nowhere", "data.valid_root=/nowhere2"], "data folder /nowhere does not exist"),
+])
+def test_overrides_hydra_would_take_silently_or_with_a_traceback(tmp_path, args, expected):
+    one_line_error(run_script("train", *args, f"data.cache_dir={tmp_path}/c", cwd=tmp_path),
+                   expected)
+
+
+def test_experiment_null_is_the_default(tmp_path):
+    done = run_script("train", "experiment=null", "data=demo_piano", "--cfg", "job", cwd=tmp_path)
+    assert done.returncode == 0 and "name: wavenet" in done.stdout, done.stderr
+
+
+def test_a_missing_held_out_folder_is_named_by_its_key(tone_folder, tmp_path):
+    one_line_error(run_script("train", *tiny_train_overrides(tone_folder, tmp_path),
+                              f"data.valid_root={tmp_path}/nope", cwd=tmp_path),
+                   f"{tmp_path}/nope does not exist or is not a folder; set data.valid_root=")
+
+
+@pytest.mark.parametrize("code,advice", [
+    (errno.ENAMETOOLONG, "choose a shorter path"),
+    (errno.ELOOP, "a symbolic link in that path loops"),
+    (errno.ENOENT, "a folder in that path does not exist or cannot be created"),
+])
+def test_more_os_errors_are_one_line(code, advice):
+    line = os_error_line(OSError(code, "message", "some/path"))
+    assert line.startswith(f"some/path: message; {advice}")
+
+
+def test_more_streams_than_open_files_is_refused_before_any_file_is_written(tone_folder,
+                                                                           tmp_path):
+    import resource
+
+    ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path, steps=1)),
+                 tmp_path / "run")
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY or limit > 60000:
+        pytest.skip(f"this machine's open-file limit ({limit}) is above n_samples' range")
+    one_line_error(run_script("sample", f"checkpoint={ckpt}", f"n_samples={limit}",
+                              "seconds=0.001", "out_dir=gen", cwd=tmp_path),
+                   f"n_samples={limit} needs as many files open at once")
+    assert not (tmp_path / "gen").exists() or not list((tmp_path / "gen").iterdir())
+
+
+def test_a_manifest_that_names_no_training_file(tmp_path):
+    write_tone_folder(tmp_path / "voices" / "ann", n_files=2, rate=8000)
+    manifest = tmp_path / "empty.csv"
+    manifest.write_text("path,speaker\n")
+    job = compose_job("train", ["experiment=multispeaker", f"data.speakers={manifest}",
+                                *tiny_train_overrides(tmp_path / "voices", tmp_path)])
+    with pytest.raises(UserError, match="no training file in .* has a speaker from "
+                                        "data.speakers="):
+        train(job, tmp_path / "run")
+
+
+def test_temporary_files_of_a_killed_build_are_removed_by_the_next(tmp_path):
+    folder = write_tone_folder(tmp_path / "a", n_files=2, rate=8000)
+    cache = open_cache(folder, AUDIO, tmp_path / "cache")
+    dead = 2**22 + 12345  # above Linux's largest pid: no such process
+    orphan = cache.directory / f"samples-0123456789ab.i16.tmp{dead}"
+    orphan.write_bytes(b"half a cache")
+    (folder / "tone_0.wav").touch()  # a change: the next open rebuilds
+    import os
+    st = os.stat(folder / "tone_0.wav")
+    os.utime(folder / "tone_0.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    open_cache(folder, AUDIO, tmp_path / "cache")
+    assert not orphan.exists()

@@ -12,13 +12,14 @@ The `sample` program is this module plus files and a progress bar.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from wavenet import checkpoint
+from wavenet import checkpoint, checks
 from wavenet.audio import AudioError, load_for_training
 from wavenet.config import TrainJob, check_sampling
 from wavenet.errors import UserError
@@ -28,6 +29,25 @@ from wavenet.model import WaveNet
 from wavenet.runtime import resolve_device
 
 AudioLike = str | Path | np.ndarray | torch.Tensor
+
+
+def real_array(value, key: str) -> np.ndarray:
+    """An array-like of real numbers (numpy, torch, nested lists) as float32; anything else
+    (text, booleans, complex numbers, objects) is a UserError naming `key`."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{key} must be an array of numbers ({err})") from None
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                   or np.issubdtype(array.dtype, np.floating)):
+        raise UserError(f"{key} must be an array of real numbers, not {array.dtype}")
+    with np.errstate(over="ignore"):
+        array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise UserError(f"{key} holds NaN or infinite values (or values beyond float32)")
+    return array
 
 
 class Model:
@@ -51,6 +71,10 @@ class Model:
     @classmethod
     def load(cls, path: str | Path, use_ema: bool = True, device: str = "auto") -> Model:
         """A checkpoint file, or a run folder (its best.pt, else its newest checkpoint)."""
+        if not isinstance(path, (str, Path)):
+            raise UserError(f"load takes a checkpoint file or run folder path, not "
+                            f"{type(path).__name__}")
+        checks.device("device", device)
         resolved = checkpoint.resolve(path)
         net, ckpt = checkpoint.load_model(resolved, use_ema, resolve_device(device))
         weights = "ema" if use_ema and ckpt.get("ema") is not None else "raw"
@@ -86,7 +110,11 @@ class Model:
             if speaker is not None:
                 raise UserError(f"{key}={speaker}: this checkpoint has no speakers")
             return None
-        if isinstance(speaker, int) and not isinstance(speaker, bool):
+        if isinstance(speaker, (bool, np.bool_)) or not isinstance(speaker, (str, numbers.Integral,
+                                                                          type(None))):
+            raise UserError(f"{key}={speaker!r}: give a speaker's name or id")
+        if isinstance(speaker, numbers.Integral):
+            speaker = int(speaker)
             if 0 <= speaker < len(self.speakers):
                 return speaker
             raise UserError(f"{key}={speaker}: ids run 0..{len(self.speakers) - 1}; "
@@ -110,7 +138,9 @@ class Model:
         """The features this vocoder is driven by: (T,) audio at `sample_rate` -> (n_mels, F)
         natural-log mel magnitudes, F = T // hop (frame j drives samples j·hop … (j+1)·hop-1)."""
         mel = self._mel_config()
-        audio = np.asarray(audio, dtype=np.float32)
+        audio = real_array(audio, "audio")
+        if audio.ndim != 1:
+            raise UserError(f"audio has shape {audio.shape}; expected one stream (T,)")
         frames = len(audio) // mel.hop_length
         if frames < 1:
             raise UserError(f"audio of {len(audio)} samples is shorter than one mel frame "
@@ -136,10 +166,10 @@ class Model:
             feats = np.load(path)
         except (OSError, ValueError) as err:
             raise UserError(f"{key}={path}: not a readable .npy file ({err})") from err
-        if feats.ndim != 2 or feats.shape[1] != mel.n_mels or not len(feats) \
-                or not np.issubdtype(feats.dtype, np.number):
+        feats = real_array(feats, f"{key}={path}")
+        if feats.ndim != 2 or feats.shape[1] != mel.n_mels or not len(feats):
             raise UserError(f"{key}={path} has shape {feats.shape}; expected {self._mel_shape()}")
-        return self._check_mel(feats.T, key, str(path)), None
+        return np.ascontiguousarray(feats.T), None
 
     def _mel_config(self):
         if self.net.cfg.mel is None:
@@ -150,13 +180,6 @@ class Model:
         mel = self._mel_config()
         return (f"(frames, {mel.n_mels}) natural-log mel magnitudes, hop {mel.hop_length} at "
                 f"{self.sample_rate} Hz")
-
-    def _check_mel(self, feats, key: str, what: str) -> np.ndarray:
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
-        if not np.isfinite(feats).all():
-            raise UserError(f"{key}={what} holds NaN or infinite values; expected "
-                            f"{self._mel_shape()}")
-        return feats
 
     # -------------------------------------------------------------------------- generation
     def generate(self, seconds: float = 2.0, n: int = 1, *, prime: AudioLike | None = None,
@@ -187,6 +210,9 @@ class Model:
             (n, T) float32 audio in [-1, 1], the new samples only (the prime is not repeated).
         """
         check_sampling(n, seconds, temperature, seed, prime_seconds, method, threads)
+        if on_samples is not None and not callable(on_samples):
+            raise UserError(f"on_samples must be a function of the new audio, not "
+                            f"{type(on_samples).__name__}")
         net, device, dist = self.net, self.device, self.net.dist
         feats = self._mel_batch(mel, n)
         if feats is not None:
@@ -198,10 +224,7 @@ class Model:
         speaker_id = self.speaker_id(speaker)
         speakers = (None if speaker_id is None
                     else torch.full((n,), speaker_id, dtype=torch.long, device=device))
-        length = int(round(seconds * self.sample_rate))
-        if feats is None and length < 1:
-            raise UserError(f"seconds={seconds:g} is less than one sample at "
-                            f"{self.sample_rate} Hz")
+        length = self.samples(seconds) if feats is None else 0  # a vocoder: from the frames
         generator = torch.Generator(device=device).manual_seed(seed)
         callback = None
         if on_samples is not None:
@@ -210,6 +233,14 @@ class Model:
         values = generate(net, length, context, n, temperature, generator, on_samples=callback,
                           speaker=speakers, mel=feats, method=method, threads=threads)
         return dist.decode(values.cpu()).numpy()
+
+    def samples(self, seconds: float) -> int:
+        """How many samples `seconds` of audio is at this model's rate (at least one)."""
+        length = int(round(seconds * self.sample_rate))
+        if length < 1:
+            raise UserError(f"seconds={seconds:g} is less than one sample at "
+                            f"{self.sample_rate} Hz")
+        return length
 
     def method(self, method: str = "fast") -> str:
         """What a method runs as here: "native" (the compiled step), "incremental" or "naive"."""
@@ -222,12 +253,10 @@ class Model:
         if isinstance(prime, (str, Path)):
             audio = torch.from_numpy(self.load_audio(prime, "prime"))
         else:
-            audio = torch.as_tensor(np.asarray(prime, dtype=np.float32))
+            audio = torch.from_numpy(real_array(prime, "prime"))
             if audio.ndim not in (1, 2):
                 raise UserError(f"prime has shape {tuple(audio.shape)}; expected (T,) or (B, T) "
                                 "audio in [-1, 1]")
-            if not torch.isfinite(audio).all():
-                raise UserError("prime holds NaN or infinite samples")
         if seconds is not None:
             audio = audio[..., -max(1, int(seconds * self.sample_rate)):]
         if audio.shape[-1] < 1:
@@ -260,9 +289,10 @@ class Model:
         if isinstance(mel, (str, Path)):
             feats = self.load_mel(mel)[0]
         else:
-            feats = self._check_mel(np.asarray(mel), "mel", "array")
+            feats = real_array(mel, "mel")
             n_mels = self._mel_config().n_mels
-            if feats.ndim not in (2, 3) or feats.shape[-2] != n_mels or feats.shape[-1] < 1:
+            if feats.ndim not in (2, 3) or feats.shape[-2] != n_mels or feats.shape[-1] < 1 \
+                    or feats.shape[0] < 1:
                 raise UserError(f"mel has shape {feats.shape}; expected (n_mels={n_mels}, F) "
                                 f"or (B, {n_mels}, F) natural-log mel magnitudes")
         feats = torch.from_numpy(feats).to(self.device)
@@ -279,11 +309,14 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """Write mono audio (T,) in [-1, 1] as a 16-bit PCM WAV (folders are created)."""
     import soundfile as sf
 
-    audio = np.asarray(audio, dtype=np.float32)
+    audio = real_array(audio, "audio")
     if audio.ndim != 1:
         raise UserError(f"write_wav takes one stream (T,), not shape {audio.shape}: write "
                         "each row of a batch to its own file")
+    checks.integer("sample_rate", sample_rate, 1, 768000)
     path = Path(path).expanduser()
+    if path.suffix.lower() != ".wav":
+        raise UserError(f"write_wav writes .wav files; {path} has another suffix")
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    sf.write(path, np.clip(audio, -1.0, 1.0), int(sample_rate), subtype="PCM_16")
     return path

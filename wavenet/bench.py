@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wavenet import checks
 from wavenet.config import BenchJob
 from wavenet.generate import NOISE_BLOCK, make_loop, resolve_method, silence_context
 from wavenet.model import WaveNet, WaveNetConfig
@@ -210,6 +211,8 @@ def train_rate(model: nn.Module, cfg: WaveNetConfig, batch: int, crop: int,
 
 def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dict:
     """Measure every model; print a Markdown table and write JSON."""
+    checks.validate(job)
+    checks.writable_file("out", job.out)
     threads_default = torch.get_num_threads()
     results = []
     for name, cfg in models.items():

@@ -106,6 +106,19 @@ def resolve(path: str | Path) -> Path:
     return path
 
 
+def newest(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder -> its newest step checkpoint (what a resume wants;
+    `resolve` picks best.pt for sampling)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        steps = step_checkpoints(folder)
+        if not steps:
+            raise CheckpointError(f"no step checkpoint (step-*.pt) in {folder}")
+        return steps[-1]
+    return path
+
+
 def load_model(path: str | Path, use_ema: bool = True, device="cpu") -> tuple[WaveNet, dict]:
     """Build the model stored in a checkpoint, with its EMA weights when asked and present.
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import re
+
+import numpy as np
 
 from wavenet.errors import UserError
 
@@ -31,8 +34,9 @@ def integer(key: str, value, lo: int, hi: int | None = None, optional: bool = Fa
     """An int in [lo, hi] (None allowed if optional)."""
     if value is None and optional:
         return
-    if value is None or isinstance(value, bool) or not isinstance(value, int) \
-            or value < lo or (hi is not None and value > hi):
+    if value is None or isinstance(value, (bool, np.bool_)) \
+            or not isinstance(value, numbers.Integral) or value < lo \
+            or (hi is not None and value > hi):
         span = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
         _fail(key, value, f"must be {span}" + (" or null" if optional else ""))
 
@@ -43,7 +47,8 @@ def number(key: str, value, lo: float | None = None, hi: float | None = None, *,
     """A finite number within the bounds (open or closed); None allowed if optional."""
     if value is None and optional:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+          and math.isfinite(value))
     if ok and lo is not None:
         ok = value > lo if lo_open else value >= lo
     if ok and hi is not None:
@@ -70,6 +75,13 @@ def choice(key: str, value, options: tuple) -> None:
 def device(key: str, value: str) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(value)):
         _fail(key, value, "use auto, cpu, cuda or cuda:N")
+
+
+def writable_file(key: str, value: str | None) -> None:
+    """A result file's path: checked before the work whose result it holds."""
+    if value is not None and os.path.isdir(value):
+        raise UserError(f"{key}={value} is a folder: give a file path, e.g. {key}={value}/"
+                        "result.json")
 
 
 def path(value: str | None) -> str | None:

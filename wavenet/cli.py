@@ -5,6 +5,7 @@ This is the only module that imports Hydra or OmegaConf.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib.resources
 import logging
@@ -61,8 +62,25 @@ register_configs()
 
 
 def to_job(cfg: DictConfig):
-    """The composed config as its dataclass (TrainJob, SampleJob, …)."""
-    return OmegaConf.to_object(cfg)
+    """The composed config as its dataclass (TrainJob, SampleJob, …). A key that the job does
+    not have (added with +key=…) is an error, not silently dropped."""
+    job = OmegaConf.to_object(cfg)
+    given = _flat_keys(OmegaConf.to_container(cfg, resolve=False))
+    unknown = sorted(given - _flat_keys(dataclasses.asdict(job)) - {"hydra"})
+    if unknown:
+        raise UserError(f"{unknown[0]} is not a setting of this program: check its spelling "
+                        "(`--cfg job` prints every key)")
+    return job
+
+
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    """Every key path in a nested dict; a dict-valued key (e.g. model.mel) counts as itself."""
+    keys = set()
+    for key, value in d.items():
+        keys.add(prefix + str(key))
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
@@ -100,6 +118,9 @@ _OS_ERROR_ADVICE = {
     errno.EEXIST: "a file is in the way of that folder: choose another path",
     errno.EISDIR: "a folder is in the way of that file: choose another path",
     errno.EMFILE: "too many files open at once: lower n_samples, or raise the limit (ulimit -n)",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.ELOOP: "a symbolic link in that path loops: choose another path",
+    errno.ENOENT: "a folder in that path does not exist or cannot be created: check the path",
 }
 
 
@@ -134,6 +155,22 @@ def _unwritable(path: Path) -> str | None:
     if not os.access(p, os.W_OK):
         return f"{p} is not writable"
     return None
+
+
+def check_group_overrides(argv: list[str]) -> list[str]:
+    """Hydra fails with a traceback on `group=null`: `experiment=null` is the default anyway
+    (dropped here), and model= or data= need a choice."""
+    kept = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") in ("model", "data", "experiment") and value in ("null", "None"):
+            if key.lstrip("+~") != "experiment":
+                folder = Path(CONFIG_DIR) / key.lstrip("+~")
+                known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+                raise UserError(f"{arg}: choose one of {known}")
+            continue
+        kept.append(arg)
+    return kept
 
 
 def check_output_folders(argv: list[str]) -> None:
@@ -179,10 +216,14 @@ def _entry(config_name: str, body: Callable[[DictConfig], object]) -> Callable[[
 
     def entry() -> None:
         try:
+            sys.argv[1:] = check_group_overrides(sys.argv[1:])
             check_output_folders(sys.argv[1:])
             main()
         except UserError as err:
             _fail(str(err))
+        except BrokenPipeError:  # `wavenet-train --help | head`: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except KeyboardInterrupt:
             # Training turns the first Ctrl-C into a checkpoint and a clean exit; this is a
             # second one, or one outside training. Files are written atomically, so nothing

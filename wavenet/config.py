@@ -139,6 +139,11 @@ class TrainJob:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        rate = self.data.audio.sample_rate
+        for key in ("eval_max_seconds", "sample_seconds"):
+            seconds = getattr(self.train, key)
+            if seconds is not None and seconds * rate < 1:
+                raise UserError(f"train.{key}={seconds:g} is less than one sample at {rate} Hz")
         mel = self.model.mel
         if mel is not None:
             nyquist = self.data.audio.sample_rate / 2
@@ -293,6 +298,9 @@ class BenchJob:
         self.out = checks.path(self.out)
         if not self.models:
             raise UserError("models=[]: name at least one model config, e.g. models=[small]")
+        if not self.batch_sizes:
+            raise UserError("batch_sizes=[]: name at least one generation batch size, e.g. "
+                            "batch_sizes=[1,32]")
         for i, batch in enumerate(self.batch_sizes):
             checks.integer(f"batch_sizes[{i}]", batch, 1, 65536)
         checks.number("fast_seconds", self.fast_seconds, 0, lo_open=True)

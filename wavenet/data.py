@@ -93,11 +93,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "wavenet"
 
 
-def list_audio_files(root: Path) -> list[Path]:
+def list_audio_files(root: Path, key: str = "data.root") -> list[Path]:
     """Audio files below root, sorted, hidden folders (like caches) skipped."""
     if not root.is_dir():
         raise AudioError(f"data folder {root} does not exist or is not a folder; "
-                         "set data.root=/path/to/audio")
+                         f"set {key}=/path/to/audio")
     exts = audio_extensions()
     files = [
         p for p in root.rglob("*")
@@ -106,7 +106,7 @@ def list_audio_files(root: Path) -> list[Path]:
     ]
     if not files:
         raise AudioError(f"data folder {root} holds no audio files ({', '.join(sorted(exts)[:8])}"
-                         ", …); point data.root at a folder of audio")
+                         f", …); point {key} at a folder of audio")
     return sorted(files)
 
 
@@ -187,14 +187,15 @@ def cache_name(root: Path, audio_cfg: AudioConfig, min_length: int,
 
 
 def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path | None = None,
-               min_length: int = 1, mel: MelConfig | None = None) -> AudioCache:
+               min_length: int = 1, mel: MelConfig | None = None,
+               key: str = "data.root") -> AudioCache:
     """Return the preprocessed cache of `root`, building it first if missing or stale.
 
     Files that cannot be decoded, or are empty, are skipped with a warning; at least one file
     must survive. With `mel`, log-mel features are computed and cached beside the audio.
     """
     root = Path(root).expanduser().resolve()
-    sources = list_audio_files(root)
+    sources = list_audio_files(root, key)
     directory = Path(cache_dir or default_cache_dir()) / cache_name(root, audio_cfg, min_length,
                                                                     mel)
     index_path = directory / "index.json"
@@ -212,6 +213,7 @@ def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path |
 def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, directory: Path,
                  min_length: int, mel: MelConfig | None) -> AudioCache:
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(directory)
     # A new samples file per build, named by its content's fingerprint, then the index swapped in
     # atomically: a crash mid-build leaves the previous cache usable.
     digest = hashlib.sha1(json.dumps([asdict(f) for f in scanned]).encode()).hexdigest()[:12]
@@ -252,6 +254,25 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
         log.warning("skipped %d of %d files in %s that could not be used (listed in %s)",
                     len(skipped), len(scanned), root, directory / "index.json")
     return AudioCache(directory, index)
+
+
+def _remove_orphans(directory: Path) -> None:
+    """Temporary files of builds that were killed (SIGTERM, kill -9, a power cut) and so could
+    not clean up: those whose process is gone."""
+    for tmp in directory.glob("*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _preprocess(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, min_length: int,

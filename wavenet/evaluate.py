@@ -80,6 +80,7 @@ def heldout_nll(model: WaveNet, cache: AudioCache, file_ids: list[int],
 def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     """Score a checkpoint on held-out audio; print and write the result as JSON."""
     checks.validate(job)
+    checks.writable_file("out", job.out)
     set_threads(job.threads)
     device = resolve_device(job.device)
     model, ckpt = checkpoint.load_model(job.checkpoint, job.use_ema, device)
@@ -110,6 +111,9 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     if not ids:
         raise UserError(f"split={job.split} of {root} holds no usable files; try split=all")
     max_samples = None if job.max_seconds is None else int(job.max_seconds * cache.sample_rate)
+    if max_samples == 0:
+        raise UserError(f"max_seconds={job.max_seconds:g} is less than one sample at "
+                        f"{cache.sample_rate} Hz")
     result = heldout_nll(model, cache, ids, max_samples, cond)
     if mel is not None and job.resynth_files:
         result["mel_distance_db"] = copy_synthesis_distance(
@@ -128,7 +132,8 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     out = Path(job.out) if job.out else out_dir / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"held-out NLL: {result['bits_per_sample']:.3f} bits/sample over "
+    print(f"{'held-out ' if job.split == 'valid' else ''}NLL ({job.split} split): "
+          f"{result['bits_per_sample']:.3f} bits/sample over "
           f"{result['seconds']:.1f} s in {len(ids)} files ({result['weights']} weights, "
           f"step {result['step']}); histogram entropy {result['entropy_bits']:.3f} bits "
           f"(gain {result['gain_bits']:.3f}); written to {out}")

@@ -58,11 +58,16 @@ def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:
 
     x = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not torch.is_tensor(audio)
                         else audio).float()
+    frames = x.shape[-1] // cfg.hop_length + 1
+    # Centred frames reflect-pad by n_fft/2, which needs more samples than that: a shorter
+    # signal is taken as followed by silence.
+    if x.shape[-1] <= cfg.n_fft // 2:
+        x = torch.nn.functional.pad(x, (0, cfg.n_fft // 2 + 1 - x.shape[-1]))
     transform = torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length,
         hop_length=cfg.hop_length, f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels,
         power=1.0, center=True, norm="slaney", mel_scale="slaney").to(x.device)
-    return torch.log(transform(x).clamp(min=cfg.log_floor))
+    return torch.log(transform(x).clamp(min=cfg.log_floor))[..., :frames]
 
 
 def frame_window(frames: torch.Tensor, first: int, stop: int, log_floor: float

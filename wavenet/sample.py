@@ -32,26 +32,50 @@ class StreamingWavs:
 
     def __init__(self, paths: list[Path], sample_rate: int):
         self.paths, self.sample_rate = paths, sample_rate
-        self.files: list[wave.Wave_write] = []
+        self.files: list = []  # the open files, and their wave writers
+        self.writers: list[wave.Wave_write] = []
 
     def __enter__(self) -> StreamingWavs:
-        for path in self.paths:
-            w = wave.open(str(path), "wb")
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(self.sample_rate)
-            self.files.append(w)
+        try:
+            for path in self.paths:
+                f = open(path, "wb")  # first, so that a failure leaves no half-made writer
+                self.files.append(f)
+                w = wave.open(f, "wb")
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(self.sample_rate)
+                self.writers.append(w)
+        except OSError:
+            self.__exit__()
+            for path in self.paths[:len(self.files)]:  # nothing was written to them yet
+                path.unlink(missing_ok=True)
+            raise
         return self
 
     def write(self, audio: np.ndarray) -> None:
         """audio: (streams, n) float in [-1, 1]."""
         pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-        for w, stream in zip(self.files, pcm, strict=True):
+        for w, stream in zip(self.writers, pcm, strict=True):
             w.writeframes(stream.tobytes())
 
     def __exit__(self, *exc) -> None:
-        for w in self.files:
-            w.close()
+        for w in self.writers:
+            w.close()  # rewrites the header; leaves the file it did not open to us
+        for f in self.files:
+            f.close()
+
+
+def _check_open_files(streams: int) -> None:
+    """One WAV stays open per stream: more than the process may open fails half-way."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit != resource.RLIM_INFINITY and streams > limit - 64:
+        raise UserError(f"n_samples={streams} needs as many files open at once, and this "
+                        f"process may open {limit}: lower n_samples, or raise the limit "
+                        "(ulimit -n)")
 
 
 def sample(job: SampleJob, out_dir: Path) -> list[Path]:
@@ -74,10 +98,11 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
         raise UserError("prime= and mel_from= don't go together: a vocoder follows its mel")
     prime = (None if job.prime is None
              else model.prime_audio(job.prime, job.prime_seconds).numpy())
+    _check_open_files(job.n_samples)
     out_dir = Path(job.out_dir) if job.out_dir else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     length = (mel.shape[1] * model.net.cfg.mel.hop_length if mel is not None
-              else int(round(job.seconds * rate)))
+              else model.samples(job.seconds))
     print(f"generating {job.n_samples} x {length / rate:g} s at {rate} Hz from {model.path} "
           f"(step {model.step}, {'EMA' if model.weights == 'ema' else 'raw'} weights, "
           f"{model.method(job.method)} path, temperature {job.temperature:g}, seed {job.seed}"

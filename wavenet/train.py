@@ -321,6 +321,7 @@ class Trainer:
         self.data = TrainData.open(job, self.world)
         self.state = TrainState(job, self.device)
         self.stepper = Stepper(self.state, self.cfg, self.world, self.device)
+        self.resumed_from: Path | None = None
         self.clock = Clock(self.cfg, self.world, self.device)
         self.periodic = Periodic(self.cfg)
 
@@ -343,6 +344,7 @@ class Trainer:
         ckpt = checkpoint.load(path, map_location=self.device)
         check_resumable(path, ckpt, self.job, self.data.speakers)
         self.state.load(ckpt)
+        self.resumed_from = path
         log.info("resumed from %s at step %d", path, self.step)
 
     def resume_or_start(self) -> None:
@@ -360,7 +362,7 @@ class Trainer:
             else:
                 log.info("train.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
             return
-        self.restore(checkpoint.resolve(resume))
+        self.restore(checkpoint.newest(resume))
 
     def save(self) -> Path | None:
         """Write this step's checkpoint (rank 0; other processes return None)."""
@@ -389,10 +391,10 @@ class Trainer:
         cfg, main = self.cfg, self.world.is_main
         self.resume_or_start()
         if self.finished():
-            path = checkpoint.step_checkpoints(self.ckpt_dir)[-1]
+            path = self.resumed_from
             if main:
-                print(f"already trained to step {self.step} ({self._limits()}): nothing to do; "
-                      f"checkpoint: {path}")
+                print(f"already trained: {self.resumed_from} is at step {self.step}, and the run "
+                      f"ends at {self._limits()}; nothing to do")
             return path
         if main:
             self._announce()
@@ -463,7 +465,7 @@ class Trainer:
         bits = result["bits_per_sample"]
         writer.add_scalar("valid/bits_per_sample", bits, self.step)
         writer.add_scalar("valid/entropy_bits", result["entropy_bits"], self.step)
-        log.info("step %d: held-out %.3f bits/sample (mu-law histogram entropy %.3f)",
+        log.info("step %d: held-out %.3f bits/sample (histogram entropy %.3f)",
                  self.step, bits, result["entropy_bits"])
         if bits < self.state.best_bits:
             self.state.best_bits = bits

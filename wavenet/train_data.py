@@ -67,7 +67,8 @@ class TrainData:
         rf = model.receptive_field
         train_cache = open_cache(data.root, data.audio, data.cache_dir, rf, model.mel)
         if data.valid_root is not None:
-            valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, rf, model.mel)
+            valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, rf, model.mel,
+                                     key="data.valid_root")
             train_ids = list(range(len(train_cache.files)))
             valid_ids = list(range(len(valid_cache.files)))
         else:
@@ -81,6 +82,10 @@ class TrainData:
         if data.speakers is not None:
             labels = speaker_labels(train_cache, data.speakers)
             speakers = sorted({labels[i] for i in train_ids if labels[i] is not None})
+            if not speakers:
+                raise UserError(f"no training file in {train_cache.root} has a speaker from "
+                                f"data.speakers={data.speakers}: list files as path,speaker "
+                                "with paths relative to data.root")
             _size_speaker_table(job, speakers)
             index = {name: n for n, name in enumerate(speakers)}
             valid_labels = (labels if valid_cache is train_cache
