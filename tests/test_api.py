@@ -178,7 +178,7 @@ def test_api_arguments_of_the_wrong_kind_are_user_errors(tone_run, kwargs, messa
 def test_load_and_write_wav_reject_the_wrong_kind_of_argument(tone_run, tmp_path):
     with pytest.raises(UserError, match="not int"):
         wavenet.load(5)
-    with pytest.raises(UserError, match="device=None: use auto, cpu, cuda or cuda:N"):
+    with pytest.raises(UserError, match="device=null: use auto, cpu, cuda or cuda:N"):
         wavenet.load(tone_run[0], device=None)
     audio = np.zeros(100, np.float32)
     with pytest.raises(UserError, match="writes .wav files"):
