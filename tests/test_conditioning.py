@@ -14,7 +14,7 @@ from wavenet import checkpoint
 from wavenet.audio import AudioConfig, load_for_training
 from wavenet.data import Conditioning, CropDataset, file_item, open_cache
 from wavenet.errors import UserError
-from wavenet.evaluate import evaluate
+from wavenet.evaluate import evaluate, heldout_nll
 from wavenet.features import MelConfig, log_mel, log_mel_distance_db
 from wavenet.generate import generate
 from wavenet.model import WaveNet, WaveNetConfig
@@ -107,6 +107,16 @@ def test_a_crop_is_conditioned_exactly_as_the_whole_file(tmp_path):
                     assert crop.shape == expected.shape
                     same = torch.allclose(crop, expected, rtol=1e-5, atol=1e-5)
                     assert same == equal, (file_id, start, length, context)
+        # Held-out scoring runs in chunks, each conditioned as the whole file is.
+        chunked = heldout_nll(model, cache, [0, 1], cond=cond, chunk=100)
+        nats = 0.0
+        for file_id in range(2):
+            whole = file_item(cache, file_id, cond)
+            x = model.dist.encode(whole["audio"])[None]
+            out = model(x[:, :-1], None, whole["mel"][None], int(whole["mel_offset"]))
+            nats += model.dist.nll(out, x[:, 1:], reduction="sum").item()
+        assert chunked["bits_per_sample"] == pytest.approx(
+            nats / chunked["samples"] / np.log(2), rel=1e-5)
 
 
 def test_vocoder_reproduces_the_spectral_pattern_better_than_an_unconditional_model(tmp_path):
