@@ -173,6 +173,35 @@ def check_group_overrides(argv: list[str]) -> list[str]:
     return kept
 
 
+_ABSENT = object()
+
+
+def check_nested_overrides(config_name: str, argv: list[str]) -> None:
+    """Hydra fails with a traceback on `a.b.c=…` where a.b is null (model.mel.n_mels=40 on a
+    model without mel): compose the rest first and name the null block instead."""
+    def key(arg: str) -> str:
+        return arg.partition("=")[0].lstrip("+~")
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")
+                 and not key(a).startswith("hydra")]
+    nested = [a for a in overrides if key(a).count(".") >= 2]
+    if not nested:
+        return
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = hydra_compose(config_name, overrides=[a for a in overrides if a not in nested])
+    except Exception:  # noqa: BLE001 - Hydra reports those itself, in its own words
+        return
+    for arg in nested:
+        parent = key(arg).rpartition(".")[0]
+        if OmegaConf.select(cfg, parent, default=_ABSENT, throw_on_missing=False) is None:
+            raise UserError(f"{arg}: {parent} is null in this config, so it has no such key; "
+                            f"set {parent} first (for model.mel: experiment=vocoder)")
+
+
 def check_output_folders(argv: list[str]) -> None:
     """Hydra creates the run folder before any job code runs, and fails with a traceback; so
     check it first (the folder given by hydra.run.dir / hydra.sweep.dir, else this folder)."""
@@ -217,6 +246,7 @@ def _entry(config_name: str, body: Callable[[DictConfig], object]) -> Callable[[
     def entry() -> None:
         try:
             sys.argv[1:] = check_group_overrides(sys.argv[1:])
+            check_nested_overrides(config_name, sys.argv[1:])
             check_output_folders(sys.argv[1:])
             main()
         except UserError as err:
