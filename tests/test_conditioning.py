@@ -119,7 +119,8 @@ def test_a_crop_is_conditioned_exactly_as_the_whole_file(tmp_path):
             nats / chunked["samples"] / np.log(2), rel=1e-5)
 
 
-def test_vocoder_reproduces_the_spectral_pattern_better_than_an_unconditional_model(tmp_path):
+def test_vocoder_reproduces_the_spectral_pattern_better_than_an_unconditional_model(tmp_path,
+                                                                                  capsys):
     for i in range(4):
         switching_tones(tmp_path / "train" / f"{i}.wav", 1.5, seed=i)
     switching_tones(tmp_path / "valid" / "v.wav", 1.0, seed=10)
@@ -158,6 +159,13 @@ def test_vocoder_reproduces_the_spectral_pattern_better_than_an_unconditional_mo
     assert result["mel_distance_db"] < free_quarter_db - 3.0, (result, free_quarter_db)
     assert json.loads((tmp_path / "e.json").read_text())["mel_distance_db"] == \
         result["mel_distance_db"]
+    # ... beside Griffin-Lim from the same frames, a real baseline.
+    copy = json.loads((tmp_path / "e.json").read_text())["copy_synthesis"]
+    assert copy["files"] == 1 and copy["seconds"] == pytest.approx(62 * 32 / RATE)  # whole frames
+    assert copy["wavenet"]["mel_distance_db"] == result["mel_distance_db"]
+    assert copy["griffin_lim"]["mel_distance_db"] < free_quarter_db - 3.0
+    out = capsys.readouterr().out
+    assert "| WaveNet |" in out and "| Griffin-Lim (32 iterations) |" in out
 
 
 def test_copy_synthesis_from_npy_and_its_errors(tmp_path):

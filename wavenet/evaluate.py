@@ -1,4 +1,5 @@
-"""Held-out negative log-likelihood in bits per sample."""
+"""Held-out negative log-likelihood in bits per sample, and, for vocoders, copy synthesis
+scored beside Griffin-Lim from the same mel."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from wavenet.data import (
     split_files,
 )
 from wavenet.errors import UserError
-from wavenet.features import log_mel_distance_db
 from wavenet.generate import generate
 from wavenet.model import WaveNet
+from wavenet.quality import griffin_lim, score_resyntheses, speech_metrics_available
 from wavenet.runtime import resolve_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,9 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
                         f"{cache.sample_rate} Hz")
     result = heldout_nll(model, cache, ids, max_samples, cond)
     if mel is not None and job.resynth_files:
-        result["mel_distance_db"] = copy_synthesis_distance(
-            model, cache, ids[:job.resynth_files], cond, job.resynth_seconds, job.seed)
+        result["copy_synthesis"] = copy_synthesis(model, cache, ids[:job.resynth_files], cond,
+                                                  job.resynth_seconds, job.seed)
+        result["mel_distance_db"] = result["copy_synthesis"]["wavenet"]["mel_distance_db"]
     result.update(
         checkpoint=str(checkpoint.resolve(job.checkpoint)),
         step=ckpt["step"],
@@ -137,23 +139,46 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
           f"{result['seconds']:.1f} s in {len(ids)} files ({result['weights']} weights, "
           f"step {result['step']}); histogram entropy {result['entropy_bits']:.3f} bits "
           f"(gain {result['gain_bits']:.3f}); written to {out}")
-    if "mel_distance_db" in result:
-        print(f"copy synthesis of {min(len(ids), job.resynth_files)} held-out files "
-              f"({job.resynth_seconds:g} s each): log-mel distance "
-              f"{result['mel_distance_db']:.2f} dB")
+    if "copy_synthesis" in result:
+        print(copy_synthesis_table(result["copy_synthesis"]))
     return result
 
 
+def copy_synthesis_table(copy: dict) -> str:
+    """The WaveNet and Griffin-Lim scores side by side, as a Markdown table."""
+    def cell(scores: dict, key: str, fmt: str) -> str:
+        value = scores.get(key)
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = [f"copy synthesis of {copy['files']} held-out files ({copy['seconds']:.2f} s each) "
+             "from their log-mel frames:",
+             "| | log-mel distance (dB, lower is better) | PESQ-WB (1-4.64) | STOI (0-1) |",
+             "|---|---:|---:|---:|"]
+    for name, key in (("WaveNet", "wavenet"), ("Griffin-Lim (32 iterations)", "griffin_lim")):
+        s = copy[key]
+        lines.append(f"| {name} | {cell(s, 'mel_distance_db', '.2f')} | "
+                     f"{cell(s, 'pesq_wb', '.2f')} | {cell(s, 'stoi', '.3f')} |")
+    if "pesq_wb" not in copy["wavenet"]:
+        lines.append(f"(PESQ and STOI: {speech_metrics_available()})")
+    return "\n".join(lines)
+
+
 @torch.no_grad()
-def copy_synthesis_distance(model: WaveNet, cache: AudioCache, file_ids: list[int],
-                            cond: Conditioning, seconds: float, seed: int = 0) -> float:
-    """Re-synthesize the start of each file from its own log-mel features (one batch) and
-    return the mean log-mel distance (dB) between the originals and the syntheses."""
-    hop = model.cfg.mel.hop_length
-    frames = min(int(seconds * cache.sample_rate) // hop,
-                 *(cache.files[i].length // hop for i in file_ids))
+def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond: Conditioning,
+                   seconds: float, seed: int = 0) -> dict:
+    """Re-synthesize the start of each file from its own log-mel features (one batch), and the
+    same frames with Griffin-Lim, and score both against the originals.
+
+    Returns:
+        {"wavenet": scores, "griffin_lim": scores, "files": n, "seconds": per file}, the scores
+        being the mean log-mel distance (dB) and, where `pesq` and `pystoi` are installed,
+        PESQ-WB and STOI (see `wavenet.quality`).
+    """
+    hop, rate = model.cfg.mel.hop_length, cache.sample_rate
+    frames = min(int(seconds * rate) // hop, *(cache.files[i].length // hop for i in file_ids))
     if frames < 1:
-        raise UserError("held-out files are shorter than one mel frame: nothing to re-synthesize")
+        raise UserError(f"resynth_seconds={seconds:g} (or the shortest held-out file) is less "
+                        f"than one mel frame ({hop} samples)")
     own_frames = replace(cond, context=0)  # generation takes exactly the stretch's frames
     items = [file_item(cache, i, own_frames, 0, frames * hop) for i in file_ids]
     device = next(model.parameters()).device
@@ -162,6 +187,10 @@ def copy_synthesis_distance(model: WaveNet, cache: AudioCache, file_ids: list[in
                if "speaker" in items[0] else None)
     generator = torch.Generator(device=device).manual_seed(seed)
     values = generate(model, generator=generator, speaker=speaker, mel=mel)
-    synthesized = model.dist.decode(values.cpu())
-    reference = torch.stack([it["audio"] for it in items])
-    return log_mel_distance_db(reference, synthesized, cache.sample_rate, model.cfg.mel)
+    ours = list(model.dist.decode(values.cpu()).numpy())
+    references = [it["audio"].numpy() for it in items]
+    baseline = [griffin_lim(it["mel"].numpy(), rate, model.cfg.mel, frames * hop)
+                for it in items]
+    return {"wavenet": score_resyntheses(references, ours, rate, model.cfg.mel),
+            "griffin_lim": score_resyntheses(references, baseline, rate, model.cfg.mel),
+            "files": len(items), "seconds": frames * hop / rate}
