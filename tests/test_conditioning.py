@@ -254,3 +254,38 @@ def test_mixture_of_logistics_trains_samples_and_evaluates(tmp_path, tone_folder
             count += x.shape[1] - 1
     assert result["samples"] == count
     assert result["bits_per_sample"] == pytest.approx(nats / count / np.log(2), rel=1e-5)
+
+
+def test_vocoding_a_folder_keeps_its_layout(tmp_path, capsys):
+    switching_tones(tmp_path / "a" / "x.wav", 0.6, seed=0)
+    switching_tones(tmp_path / "a" / "y.wav", 0.6, seed=1)
+    ckpt = train(compose_job("train", ["experiment=vocoder", *VOCODER,
+                                       *tiny_train_overrides(tmp_path / "a", tmp_path, steps=1)]),
+                 tmp_path / "run")
+    inputs = tmp_path / "inputs"
+    switching_tones(inputs / "one.wav", 0.3, seed=2)
+    switching_tones(inputs / "sub" / "two.flac", 0.5, seed=3)
+    sf.write(inputs / "sub" / "three.wav", np.full(40, 0.1, np.float32), RATE)  # one frame
+    np.save(inputs / "sub" / "four.npy", np.full((7, 20), np.log(0.5), np.float32))
+    paths = sample(compose_job("sample", [f"checkpoint={ckpt}", f"mel_from={inputs}",
+                                          "batch_size=3", f"out_dir={tmp_path}/out",
+                                          "progress=false"]), tmp_path / "unused")
+    out = tmp_path / "out"
+    assert sorted(p.relative_to(out).as_posix() for p in paths) == [
+        "one.wav", "sub/four.wav", "sub/three.wav", "sub/two.wav"]
+    prepared = {name: load_for_training(inputs / name, AudioConfig(sample_rate=RATE),
+                                        min_keep=32) for name in ("one.wav", "sub/two.flac")}
+    assert sf.info(out / "one.wav").frames == len(prepared["one.wav"]) // 32 * 32
+    assert sf.info(out / "sub" / "two.wav").frames == len(prepared["sub/two.flac"]) // 32 * 32
+    assert sf.info(out / "sub" / "four.wav").frames == 7 * 32
+    assert sf.info(out / "sub" / "three.wav").frames == 32
+    assert "vocoded 4 files" in capsys.readouterr().out
+
+    np.save(inputs / "sub" / "bad.npy", np.zeros((5, 19), np.float32))
+    with pytest.raises(UserError, match=r"bad.npy has shape \(5, 19\); expected \(frames, 20\)"):
+        sample(compose_job("sample", [f"checkpoint={ckpt}", f"mel_from={inputs}",
+                                      f"out_dir={tmp_path}/out2"]), tmp_path / "unused")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no audio files or .npy arrays"):
+        sample(compose_job("sample", [f"checkpoint={ckpt}", f"mel_from={tmp_path}/empty"]),
+               tmp_path / "unused")

@@ -168,7 +168,9 @@ class SampleJob:
         speaker: the voice, by name, for multi-speaker checkpoints.
         mel_from: vocoders: an audio file to re-synthesize from its log-mel spectrogram (copy
             synthesis), or a .npy array (frames, n_mels) of natural-log mel magnitudes computed
-            as `wavenet.features.log_mel` does (hop, bands and rate as the checkpoint's).
+            as `wavenet.features.log_mel` does (hop, bands and rate as the checkpoint's); or a
+            folder of them, each vocoded into out_dir at the same relative path (.wav).
+        batch_size: vocoding a folder: files generated together.
         use_ema: use the EMA weights when the checkpoint has them.
         method: "fast" (the compiled C++ step on the CPU; the PyTorch incremental path on a GPU
             or without a C++ compiler), "incremental" (ring buffers, O(layers) per sample, in
@@ -187,6 +189,7 @@ class SampleJob:
     include_prime: bool = True
     speaker: str | None = None
     mel_from: str | None = None
+    batch_size: int = 8
     use_ema: bool = True
     method: str = "fast"
     out_dir: str | None = None
@@ -199,6 +202,7 @@ class SampleJob:
             setattr(self, key, checks.path(getattr(self, key)))
         check_sampling(self.n_samples, self.seconds, self.temperature, self.seed,
                        self.prime_seconds, self.method, self.threads, n_key="n_samples")
+        checks.integer("batch_size", self.batch_size, 1, 4096)
         checks.device("device", self.device)
 
 

@@ -18,6 +18,7 @@ from wavenet.errors import UserError
 from wavenet.features import log_mel_distance_db
 from wavenet.plots import save_spectrogram
 from wavenet.runtime import progress_bar, set_threads
+from wavenet.vocode import vocode_folder
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,25 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
     """Generate `job.n_samples` streams as one batch; returns the WAV paths written."""
     checks.validate(job)
     set_threads(job.threads)
+    folder = job.mel_from is not None and Path(job.mel_from).is_dir()
     for key in ("prime", "mel_from"):  # before the checkpoint is even read
         path = getattr(job, key)
-        if path is not None and not Path(path).is_file():
+        if path is not None and not Path(path).is_file() and not (key == "mel_from" and folder):
             raise AudioError(f"{key}={path}: no such file")
     model = Model.load(job.checkpoint, job.use_ema, job.device)
     rate = model.sample_rate
     model.speaker_id(job.speaker)
     if model.is_vocoder and job.mel_from is None:
         raise UserError("this checkpoint is a vocoder: give mel_from=speech.wav (copy "
-                        "synthesis) or mel_from=feats.npy (frames, n_mels)")
+                        "synthesis), mel_from=feats.npy (frames, n_mels) or mel_from=<folder>")
+    if folder:
+        if not model.is_vocoder:
+            raise UserError(f"mel_from={job.mel_from}: this checkpoint is not a vocoder")
+        if job.prime is not None:
+            raise UserError("prime= and mel_from= don't go together: a vocoder follows its mel")
+        out = Path(job.out_dir) if job.out_dir else out_dir
+        return vocode_folder(model, Path(job.mel_from), out, job.batch_size, job.temperature,
+                             job.seed, job.method, job.threads, job.speaker, job.progress)
     mel, source = (model.load_mel(job.mel_from, "mel_from") if job.mel_from is not None
                    else (None, None))
     if mel is not None and job.prime is not None:
