@@ -69,6 +69,13 @@ def test_steps_and_time_together_stop_at_whichever_comes_first(tone_folder, tmp_
     job = compose_job("train", tiny_train_overrides(tone_folder, tmp_path, steps=3)
                       + ["train.max_time=1h"])
     assert checkpoint.load(train(job, tmp_path / "run"))["step"] == 3
+    # The time runs out long before a million steps; the schedule follows the time.
+    job = compose_job("train", tiny_train_overrides(tone_folder, tmp_path, steps=10**6)
+                      + ["train.max_time=2s", "train.eval_every=1000",
+                         "train.checkpoint_every=1000"])
+    ckpt = checkpoint.load(train(job, tmp_path / "both"))
+    assert 2 < ckpt["step"] < 10**4 and ckpt["elapsed_s"] >= 2.0
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] < 0.05 * 1e-3
 
 
 def test_resuming_with_settings_that_change_the_run_is_refused(tone_folder, tmp_path):
@@ -87,19 +94,41 @@ def test_resuming_with_settings_that_change_the_run_is_refused(tone_folder, tmp_
         "data.num_workers=1", "train.progress=true"]
     done = run_script("train", *free, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    allowed = changed + ["train.resume_changes=allow", "train.max_steps=3"]
+    allowed = changed + ["train.resume_changes=allow", "train.max_steps=6"]
     done = run_script("train", *allowed, cwd=tmp_path)
     assert done.returncode == 0 and "resuming with changed settings" in done.stderr + done.stdout
+    final = checkpoint.load(tmp_path / "outputs/r/checkpoints/step-00000006.pt")
+    assert final["config"]["train"]["lr"] == 0.002 and final["config"]["train"]["batch_size"] == 4
+    assert final["config"]["data"]["crop_samples"] == 100
+
+    # A refused resume reads no audio: nothing is preprocessed for the new settings.
+    cache = tmp_path / "cache"
+    before = sorted(p.name for p in cache.iterdir())
+    one_line_error(run_script("train", *changed, "data.audio.sample_rate=4000", cwd=tmp_path),
+                   "data.audio.sample_rate=8000 (now 4000)")
+    assert sorted(p.name for p in cache.iterdir()) == before
 
 
-def test_the_cache_key_covers_trimmings_minimum_length(tmp_path):
+def test_the_cache_key_covers_what_shapes_the_audio_and_nothing_of_the_model(tmp_path):
     folder = tmp_path / "a"
     folder.mkdir()
-    x = np.zeros(4000, np.float32)
-    x[1000:1300] = 0.5 * np.sin(np.arange(300) / 3)  # 300 loud samples inside silence
+    x = np.zeros(8000, np.float32)
+    x[3000:3300] = 0.5 * np.sin(np.arange(300) / 3)  # 300 loud samples inside silence
     sf.write(folder / "x.wav", x, 8000)
-    cfg = AudioConfig(sample_rate=8000, trim_db=40.0)
-    short = open_cache(folder, cfg, tmp_path / "cache", min_length=1)
-    whole = open_cache(folder, cfg, tmp_path / "cache", min_length=1000)
-    assert short.directory != whole.directory
-    assert short.files[0].length < 400 and whole.files[0].length == 4000
+    trimmed = open_cache(folder, AudioConfig(sample_rate=8000, trim_db=40.0), tmp_path / "c")
+    whole = open_cache(folder, AudioConfig(sample_rate=8000, trim_db=None), tmp_path / "c")
+    assert trimmed.directory != whole.directory
+    # Trimming keeps at least a tenth of a second (it keeps the whole file otherwise).
+    assert whole.files[0].length == 8000 and trimmed.files[0].length == 8000
+    x[2000:2300] = x[3000:3300]  # now 1,300 samples between the first and last loud ones
+    sf.write(folder / "x.wav", x, 8000)
+    assert open_cache(folder, AudioConfig(sample_rate=8000, trim_db=40.0),
+                      tmp_path / "c").files[0].length < 1400
+    # Models of every receptive field read the same cache.
+    for model in ("debug", "small"):
+        job = compose_job("train", [f"model={model}", f"data.root={folder}",
+                                    f"data.cache_dir={tmp_path / 'c'}",
+                                    "data.audio.sample_rate=8000", "data.crop_samples=10"])
+        from wavenet.distributed import World
+        from wavenet.train_data import TrainData
+        assert TrainData.open(job, World()).dataset.cache.directory == trimmed.directory

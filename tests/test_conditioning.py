@@ -273,8 +273,8 @@ def test_vocoding_a_folder_keeps_its_layout(tmp_path, capsys):
     out = tmp_path / "out"
     assert sorted(p.relative_to(out).as_posix() for p in paths) == [
         "one.wav", "sub/four.wav", "sub/three.wav", "sub/two.wav"]
-    prepared = {name: load_for_training(inputs / name, AudioConfig(sample_rate=RATE),
-                                        min_keep=32) for name in ("one.wav", "sub/two.flac")}
+    prepared = {name: load_for_training(inputs / name, AudioConfig(sample_rate=RATE))
+                for name in ("one.wav", "sub/two.flac")}
     assert sf.info(out / "one.wav").frames == len(prepared["one.wav"]) // 32 * 32
     assert sf.info(out / "sub" / "two.wav").frames == len(prepared["sub/two.flac"]) // 32 * 32
     assert sf.info(out / "sub" / "four.wav").frames == 7 * 32

@@ -125,14 +125,12 @@ class Model:
             raise UserError(f"{what}; known speakers: {', '.join(self.speakers)}")
         return self.speakers.index(speaker)
 
-    def load_audio(self, path: str | Path, key: str = "prime",
-                   min_keep: int | None = None) -> np.ndarray:
+    def load_audio(self, path: str | Path, key: str = "prime") -> np.ndarray:
         """An audio file preprocessed as the training audio was (rate, trimming, level): (T,)."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise AudioError(f"{key}={path}: no such file")
-        audio_cfg = self.job.data.audio
-        return load_for_training(path, audio_cfg, min_keep=min_keep or audio_cfg.sample_rate // 10)
+        return load_for_training(path, self.job.data.audio)
 
     def log_mel(self, audio: np.ndarray | torch.Tensor) -> np.ndarray:
         """The features this vocoder is driven by: (T,) audio at `sample_rate` -> (n_mels, F)
@@ -157,7 +155,7 @@ class Model:
             raise UserError(f"{key}={path}: no such file; give an audio file (copy synthesis) "
                             "or a .npy array of shape (frames, n_mels)")
         if path.suffix.lower() != ".npy":
-            audio = self.load_audio(path, key, min_keep=mel.hop_length)
+            audio = self.load_audio(path, key)
             if len(audio) < mel.hop_length:
                 raise UserError(f"{key}={path} is shorter than one mel frame")
             feats = self.log_mel(audio)

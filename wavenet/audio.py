@@ -122,12 +122,16 @@ def normalize_level(audio: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     return (audio * gain).astype(np.float32)
 
 
-def load_for_training(path: str | Path, cfg: AudioConfig, min_keep: int = 1) -> np.ndarray:
-    """Read, downmix, resample, trim and normalize one file. Returns float32 (T,)."""
+def load_for_training(path: str | Path, cfg: AudioConfig) -> np.ndarray:
+    """Read, downmix, resample, trim and normalize one file. Returns float32 (T,).
+
+    Trimming never leaves less than a tenth of a second (it keeps such a file whole): a rule of
+    the audio config alone, so that one cache serves every model trained on it.
+    """
     audio, rate = read_audio(path)
     audio = resample(audio, rate, cfg.sample_rate)
     if cfg.trim_db is not None:
-        audio = trim_silence(audio, cfg.trim_db, min_keep)
+        audio = trim_silence(audio, cfg.trim_db, max(1, cfg.sample_rate // 10))
     return normalize_level(audio, cfg)
 
 

@@ -30,7 +30,8 @@ class TrainConfig:
         batch_size: crops per step, over all processes (torchrun splits it evenly), so a run
             resumes unchanged on another number of processes.
         lr: peak learning rate (Adam).
-        final_lr: learning rate reached at max_steps by cosine decay; None keeps lr constant.
+        final_lr: learning rate that cosine decay reaches at the end of the run (max_steps or
+            max_time); one above lr is taken as lr; None keeps lr constant.
         warmup_steps: linear warm-up from 0 to lr.
         betas: Adam's (beta1, beta2).
         weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
@@ -98,8 +99,7 @@ class TrainConfig:
                                    "train.max_time=… (e.g. 2h) or a step count")
         checks.integer(k + "batch_size", self.batch_size, 1)
         checks.number(k + "lr", self.lr, 0, 10, lo_open=True)
-        checks.number(k + "final_lr", self.final_lr, 0, self.lr, optional=True,
-                      hint="the learning rate that cosine decay ends at, at most train.lr")
+        checks.number(k + "final_lr", self.final_lr, 0, optional=True)
         checks.integer(k + "warmup_steps", self.warmup_steps, 0)
         if len(self.betas) != 2:
             raise UserError(f"train.betas={list(self.betas)}: give two values, e.g. "

@@ -35,7 +35,7 @@ from wavenet.runtime import progress_bar
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: the key covers trimming's minimum length; non-finite files skipped
+CACHE_VERSION = 3  # 3: trimming keeps at least 0.1 s whatever the model; non-finite skipped
 
 
 @dataclass
@@ -177,18 +177,17 @@ def _fingerprint(root: Path, paths: list[Path]) -> list[CachedFile]:
     return out
 
 
-def cache_name(root: Path, audio_cfg: AudioConfig, min_length: int,
-               mel: MelConfig | None) -> str:
+def cache_name(root: Path, audio_cfg: AudioConfig, mel: MelConfig | None) -> str:
     """The cache folder's name: the source folder and a hash of everything that shapes the
-    cached audio and features (trimming keeps at least `min_length` samples, so it is in)."""
+    cached audio and features: the audio config (trimming's minimum follows its rate), the
+    features' config and the cache's version."""
     mel_key = asdict(mel) if mel is not None else None
-    key = json.dumps([str(root), asdict(audio_cfg), min_length, mel_key, CACHE_VERSION])
+    key = json.dumps([str(root), asdict(audio_cfg), mel_key, CACHE_VERSION])
     return f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path | None = None,
-               min_length: int = 1, mel: MelConfig | None = None,
-               key: str = "data.root") -> AudioCache:
+               mel: MelConfig | None = None, key: str = "data.root") -> AudioCache:
     """Return the preprocessed cache of `root`, building it first if missing or stale.
 
     Files that cannot be decoded, or are empty, are skipped with a warning; at least one file
@@ -196,8 +195,7 @@ def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path |
     """
     root = Path(root).expanduser().resolve()
     sources = list_audio_files(root, key)
-    directory = Path(cache_dir or default_cache_dir()) / cache_name(root, audio_cfg, min_length,
-                                                                    mel)
+    directory = Path(cache_dir or default_cache_dir()) / cache_name(root, audio_cfg, mel)
     index_path = directory / "index.json"
     current = _fingerprint(root, sources)
     if index_path.exists():
@@ -207,11 +205,11 @@ def open_cache(root: str | Path, audio_cfg: AudioConfig, cache_dir: str | Path |
             log.info("using cached audio for %s (%s)", root, directory)
             return AudioCache(directory, index)
         log.info("audio in %s changed since it was cached: rebuilding", root)
-    return _build_cache(root, current, audio_cfg, directory, min_length, mel)
+    return _build_cache(root, current, audio_cfg, directory, mel)
 
 
 def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, directory: Path,
-                 min_length: int, mel: MelConfig | None) -> AudioCache:
+                 mel: MelConfig | None) -> AudioCache:
     directory.mkdir(parents=True, exist_ok=True)
     _remove_orphans(directory)
     # A new samples file per build, named by its content's fingerprint, then the index swapped in
@@ -221,7 +219,7 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
     tmp = directory / (samples_name + f".tmp{os.getpid()}")
     tmp_mels = directory / (mels_name + f".tmp{os.getpid()}")
     try:
-        kept, skipped = _preprocess(root, scanned, audio_cfg, min_length, mel, tmp, tmp_mels)
+        kept, skipped = _preprocess(root, scanned, audio_cfg, mel, tmp, tmp_mels)
         if not kept:
             raise AudioError(f"no usable audio in {root}: all {len(scanned)} files failed to "
                              "decode")
@@ -275,7 +273,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _preprocess(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, min_length: int,
+def _preprocess(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig,
                 mel: MelConfig | None, samples_path: Path, mels_path: Path
                 ) -> tuple[list[CachedFile], list[str]]:
     """Decode every file into the flat samples (and features) files; unusable files are
@@ -287,7 +285,7 @@ def _preprocess(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, m
         for f in progress_bar(iterable=scanned, desc=f"preprocessing {root.name}", unit="file",
                               leave=False):
             try:
-                audio = load_for_training(root / f.path, audio_cfg, min_keep=min_length)
+                audio = load_for_training(root / f.path, audio_cfg)
             except AudioError as err:
                 log.warning("skipping %s", err)
                 skipped.append(f.path)

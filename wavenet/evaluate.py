@@ -93,12 +93,12 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     valid_root = over.valid_root or (trained.valid_root if same_root else None)
     fraction = over.valid_fraction if over.valid_fraction is not None else trained.valid_fraction
     cache_dir = over.cache_dir or trained.cache_dir
-    rf, mel = model.receptive_field, model.cfg.mel
+    mel = model.cfg.mel
     if job.split == "valid" and valid_root is not None:
-        cache = open_cache(valid_root, trained.audio, cache_dir, rf, mel)
+        cache = open_cache(valid_root, trained.audio, cache_dir, mel)
         ids = list(range(len(cache.files)))
     else:
-        cache = open_cache(root, trained.audio, cache_dir, rf, mel)
+        cache = open_cache(root, trained.audio, cache_dir, mel)
         if job.split == "all" or (job.split == "train" and valid_root is not None):
             ids = list(range(len(cache.files)))
         else:

@@ -50,7 +50,7 @@ def lr_factor(step: int, cfg: TrainConfig, time_spent: float = 0.0) -> float:
         span = max(1, cfg.max_steps - cfg.warmup_steps)
         progress = max(progress, (step - cfg.warmup_steps) / span)
     progress = min(1.0, progress)
-    floor = cfg.final_lr / cfg.lr
+    floor = min(1.0, cfg.final_lr / cfg.lr)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -185,19 +185,24 @@ class TrainState:
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
 
 
-def check_resumable(path: Path, ckpt: dict, job: TrainJob, speakers: list[str]) -> None:
-    """Refuse to resume a checkpoint into a different run (see FREE_ON_RESUME)."""
-    stored = ckpt["config"]["model"]
-    if stored != asdict(job.model):
-        diff = {k: (stored.get(k), v) for k, v in asdict(job.model).items()
-                if stored.get(k) != v}
+def check_resumable(path: Path, ckpt: dict, job: TrainJob,
+                    speakers: list[str] | None = None) -> None:
+    """Refuse to resume a checkpoint into a different run (see FREE_ON_RESUME). Without
+    `speakers` (before the data is read), what depends on the data is not checked yet."""
+    stored, requested = ckpt["config"]["model"], asdict(job.model)
+    if speakers is None and not requested["n_speakers"]:  # sized from the data later
+        requested["n_speakers"] = stored.get("n_speakers")
+    if stored != requested:
+        diff = {k: (stored.get(k), v) for k, v in requested.items() if stored.get(k) != v}
         raise checkpoint.CheckpointError(
             f"{path} holds a model with a different config (checkpoint vs requested: {diff}); "
             "resume with the same model=… or start a new run with another name=…")
-    if ckpt.get("speakers", []) != speakers:
+    if speakers is not None and ckpt.get("speakers", []) != speakers:
         raise checkpoint.CheckpointError(
             f"{path} was trained with speakers {ckpt.get('speakers')}, the data now has "
             f"{speakers}; resume on the same data or start a new run with name=…")
+    if speakers is not None:
+        return  # the settings were checked before the data was read
     changes = run_changes(ckpt["config"], asdict(job))
     if changes:
         listed = ", ".join(f"{k}={checks.shown(a)} (now {checks.shown(b)})"
@@ -266,21 +271,24 @@ class Clock:
         self.budget, self.world, self.device = cfg.max_seconds, world, device
         self.before, self.started = 0.0, time.monotonic()
         self.fraction = 0.0  # of the budget, as last agreed
+        self.agreed = 0.0  # seconds spent, as last agreed
 
     def start(self, spent_before: float) -> None:
         self.before, self.started = spent_before, time.monotonic()
         self.check()
 
     def spent(self) -> float:
-        return self.before + time.monotonic() - self.started
+        """Seconds spent; never less than what the processes last agreed on, so that a
+        checkpoint (written by rank 0 alone) stores a time every process would accept."""
+        return max(self.agreed, self.before + time.monotonic() - self.started)
 
     def check(self) -> bool:
         """Whether the budget is spent; updates `fraction`."""
         if self.budget is None:
             return False
-        spent = self.world.mean(self.spent(), self.device)
-        self.fraction = spent / self.budget
-        return spent >= self.budget
+        self.agreed = self.world.mean(self.spent(), self.device)
+        self.fraction = self.agreed / self.budget
+        return self.agreed >= self.budget
 
 
 class Periodic:
@@ -297,7 +305,7 @@ class Periodic:
         return step % self.cfg.eval_every == 0 or last
 
     def sample(self, step: int) -> bool:
-        return bool(self.cfg.sample_every) and step % self.cfg.sample_every == 0
+        return self.cfg.sample_every is not None and step % self.cfg.sample_every == 0
 
     def checkpoint(self, step: int, last: bool) -> bool:
         return step % self.cfg.checkpoint_every == 0 or last or step == self.cfg.stop_at
@@ -317,11 +325,16 @@ class Trainer:
                             f"{self.world.size} processes: make it a multiple of that")
         if not self.world.is_main:  # rank 0 speaks for the job
             logging.getLogger("wavenet").setLevel(logging.WARNING)
-        # The data first: a multi-speaker model's size comes from it.
+        # A resume into another run is refused before any preprocessing.
+        self.resumed_from = self._resume_path()
+        self._resumed = None
+        if self.resumed_from is not None:
+            self._resumed = checkpoint.load(self.resumed_from, map_location=self.device)
+            check_resumable(self.resumed_from, self._resumed, job)
+        # The data next: a multi-speaker model's size comes from it.
         self.data = TrainData.open(job, self.world)
         self.state = TrainState(job, self.device)
         self.stepper = Stepper(self.state, self.cfg, self.world, self.device)
-        self.resumed_from: Path | None = None
         self.clock = Clock(self.cfg, self.world, self.device)
         self.periodic = Periodic(self.cfg)
 
@@ -340,14 +353,8 @@ class Trainer:
     def step_path(self) -> Path:
         return self.ckpt_dir / f"step-{self.step:08d}.pt"
 
-    def restore(self, path: Path) -> None:
-        ckpt = checkpoint.load(path, map_location=self.device)
-        check_resumable(path, ckpt, self.job, self.data.speakers)
-        self.state.load(ckpt)
-        self.resumed_from = path
-        log.info("resumed from %s at step %d", path, self.step)
-
-    def resume_or_start(self) -> None:
+    def _resume_path(self) -> Path | None:
+        """The checkpoint train.resume names (None: start fresh); refuses to overwrite a run."""
         existing = checkpoint.step_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
         resume = self.cfg.resume
         if resume is None:
@@ -355,14 +362,21 @@ class Trainer:
                 raise checkpoint.CheckpointError(
                     f"{self.run_dir} already holds checkpoints of an earlier run: pass "
                     "train.resume=auto to continue it, or name=<new name> to start another")
-            return
+            return None
         if resume == "auto":
-            if existing:
-                self.restore(existing[-1])
-            else:
+            if not existing:
                 log.info("train.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
+            return existing[-1] if existing else None
+        return checkpoint.newest(resume)
+
+    def resume_or_start(self) -> None:
+        """Load the checkpoint to resume, now that the data (and so the speakers) are known."""
+        if self._resumed is None:
             return
-        self.restore(checkpoint.newest(resume))
+        check_resumable(self.resumed_from, self._resumed, self.job, self.data.speakers)
+        self.state.load(self._resumed)
+        self._resumed = None
+        log.info("resumed from %s at step %d", self.resumed_from, self.step)
 
     def save(self) -> Path | None:
         """Write this step's checkpoint (rank 0; other processes return None)."""
@@ -378,10 +392,11 @@ class Trainer:
         return self.state.to_checkpoint(self.job, self.data, self.clock.spent())
 
     def finished(self) -> bool:
-        """Whether the checkpoint resumed from had reached the step limit or spent the time
-        budget (what it stored, so that every process reads the same)."""
+        """Whether the checkpoint resumed from had reached the step limit, `stop_at` or the end
+        of the time budget (what it stored, so that every process reads the same)."""
         cfg = self.cfg
         return ((cfg.max_steps is not None and self.step >= cfg.max_steps)
+                or (cfg.stop_at is not None and self.step >= cfg.stop_at)
                 or (cfg.max_seconds is not None and self.state.spent >= cfg.max_seconds))
 
     # ------------------------------------------------------------------------------ the loop
@@ -447,7 +462,10 @@ class Trainer:
                 writer.close()
         if bad_steps >= cfg.max_bad_steps:
             self._diverged()
-        if last_saved is None or last_saved != self.step_path():
+        if bad_steps:  # the run ended inside a run of skipped steps: no checkpoint of it
+            existing = checkpoint.step_checkpoints(self.ckpt_dir)
+            last_saved = existing[-1] if existing else self.save()
+        elif last_saved is None or last_saved != self.step_path():
             last_saved = self.save()
         if main:
             print(f"checkpoint: {last_saved} (step {self.step}"

@@ -65,9 +65,9 @@ class TrainData:
             raise AudioError("data.root is not set: pass data.root=/path/to/audio "
                              "(or data=demo_piano for the bundled demo)")
         rf = model.receptive_field
-        train_cache = open_cache(data.root, data.audio, data.cache_dir, rf, model.mel)
+        train_cache = open_cache(data.root, data.audio, data.cache_dir, model.mel)
         if data.valid_root is not None:
-            valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, rf, model.mel,
+            valid_cache = open_cache(data.valid_root, data.audio, data.cache_dir, model.mel,
                                      key="data.valid_root")
             train_ids = list(range(len(train_cache.files)))
             valid_ids = list(range(len(valid_cache.files)))
