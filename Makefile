@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# PESQ compiles C at install: without a compiler, evaluate reports the log-mel distance only.
+	$(BIN)/python -m pip install --quiet -e '.[speech]' || \
+		echo "note: PESQ/STOI not installed (no C compiler?); vocoder evaluation skips them"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install wavenet with its dependencies

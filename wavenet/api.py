@@ -6,7 +6,8 @@
     wavenet.write_wav("out.wav", audio[0], model.sample_rate)
 
 Training from Python takes the job dataclasses the command line fills (`wavenet.TrainJob`, or
-`wavenet.compose("train", [overrides])` for the same presets) and `wavenet.train(job, run_dir)`.
+`wavenet.compose("train", [overrides])` for the same presets) and
+`wavenet.train.train(job, run_dir)`.
 The `sample` program is this module plus files and a progress bar.
 """
 
@@ -222,7 +223,7 @@ class Model:
         speaker_id = self.speaker_id(speaker)
         speakers = (None if speaker_id is None
                     else torch.full((n,), speaker_id, dtype=torch.long, device=device))
-        length = self.samples(seconds) if feats is None else 0  # a vocoder: from the frames
+        length = self.samples(seconds) if feats is None else None  # a vocoder: its frames
         generator = torch.Generator(device=device).manual_seed(seed)
         callback = None
         if on_samples is not None:

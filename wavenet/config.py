@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from wavenet import checks
 from wavenet.data import DataConfig
 from wavenet.errors import UserError
-from wavenet.generate import METHODS
 from wavenet.model import WaveNetConfig
+
+# Generation methods (wavenet.generate): they draw the same samples.
+METHODS = ("fast", "incremental", "naive")
 
 
 @dataclass

@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,9 +30,11 @@ from wavenet.audio import (
     audio_extensions,
     load_for_training,
 )
-from wavenet.features import MelConfig, frame_window, log_mel
-from wavenet.model import WaveNetConfig
+from wavenet.features import MelConfig, frame_window, frames_for, log_mel
 from wavenet.runtime import progress_bar
+
+if TYPE_CHECKING:  # the data layer reads a model config, but does not build models
+    from wavenet.model import WaveNetConfig
 
 log = logging.getLogger(__name__)
 
@@ -463,13 +466,17 @@ def file_item(cache: AudioCache, file_id: int, cond: Conditioning, start: int = 
     if cond.speakers is not None:
         item["speaker"] = torch.tensor(cond.speakers[file_id])
     if cond.hop is not None:
-        first = start // cond.hop - cond.context
-        stop = -(-(start + length) // cond.hop) + cond.context
-        lo, hi = max(first, 0), min(stop, cache.files[file_id].frames)
-        read = torch.from_numpy(cache.mels(file_id, lo, max(0, hi - lo)))
-        item["mel"] = frame_window(read, first - lo, stop - lo, cache.mel.log_floor)
+        first, stop = frames_for(start, start + length - 1, cond.hop, cond.context)
+        item["mel"] = file_frames(cache, file_id, first, stop)
         item["mel_offset"] = torch.tensor(start - first * cond.hop)
     return item
+
+
+def file_frames(cache: AudioCache, file_id: int, first: int, stop: int) -> torch.Tensor:
+    """Log-mel frames first … stop-1 of one file (n_mels, stop - first), silence outside it."""
+    lo, hi = max(first, 0), min(stop, cache.files[file_id].frames)
+    read = torch.from_numpy(cache.mels(file_id, lo, max(0, hi - lo)))
+    return frame_window(read, first - lo, stop - lo, cache.mel.log_floor)
 
 
 class StepSampler(torch.utils.data.Sampler):

@@ -16,6 +16,7 @@ from wavenet.config import EvaluateJob
 from wavenet.data import (
     AudioCache,
     Conditioning,
+    file_frames,
     file_item,
     open_cache,
     speaker_labels,
@@ -179,14 +180,16 @@ def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond:
     if frames < 1:
         raise UserError(f"resynth_seconds={seconds:g} (or the shortest held-out file) is less "
                         f"than one mel frame ({hop} samples)")
-    own_frames = replace(cond, context=0)  # generation takes exactly the stretch's frames
+    own_frames = replace(cond, context=0)  # the stretch's own frames (for Griffin-Lim)
     items = [file_item(cache, i, own_frames, 0, frames * hop) for i in file_ids]
     device = next(model.parameters()).device
-    mel = torch.stack([it["mel"] for it in items]).to(device)
+    # The frames after the stretch condition its last samples, as in the whole file.
+    following = frames + model.cfg.mel_context_frames
+    mel = torch.stack([file_frames(cache, i, 0, following) for i in file_ids]).to(device)
     speaker = (torch.stack([it["speaker"] for it in items]).to(device)
                if "speaker" in items[0] else None)
     generator = torch.Generator(device=device).manual_seed(seed)
-    values = generate(model, generator=generator, speaker=speaker, mel=mel)
+    values = generate(model, frames * hop, generator=generator, speaker=speaker, mel=mel)
     ours = list(model.dist.decode(values.cpu()).numpy())
     references = [it["audio"].numpy() for it in items]
     baseline = [griffin_lim(it["mel"].numpy(), rate, model.cfg.mel, frames * hop)

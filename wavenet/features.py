@@ -70,6 +70,13 @@ def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:
     return torch.log(transform(x).clamp(min=cfg.log_floor))[..., :frames]
 
 
+def frames_for(first: int, last: int, hop: int, context: int) -> tuple[int, int]:
+    """The frames lo … hi-1 that condition samples first … last (inclusive) exactly as the
+    whole utterance does: those covering them (frame j covers samples j·hop … (j+1)·hop - 1)
+    and `context` more on each side (`WaveNetConfig.mel_context_frames`)."""
+    return first // hop - context, last // hop + 1 + context
+
+
 def frame_window(frames: torch.Tensor, first: int, stop: int, log_floor: float
                  ) -> torch.Tensor:
     """Frames first … stop-1 of an utterance's frames (…, n_mels, F); frames outside 0 … F-1

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from wavenet.config import METHODS
 from wavenet.errors import UserError
 from wavenet.model import WaveNet
 from wavenet.native import NativeStepper, library, unavailable_reason
 
 log = logging.getLogger(__name__)
-METHODS = ("fast", "incremental", "naive")
 NOISE_BLOCK = 1024  # steps of uniforms drawn at a time; every method draws the same ones
 
 
@@ -235,7 +235,8 @@ def generate(
     """Generate new samples per stream.
 
     Args:
-        length: new samples per stream (vocoders: ignored, it is mel frames × hop).
+        length: new samples per stream (vocoders: by default mel frames × hop; a shorter
+            length leaves the last frames as the right context of the audio made).
         context: (B, P) model values to continue (a prime); None is a receptive field of silence.
         batch_size: streams, used when neither `context` nor `mel` says.
         temperature: sampling temperature; 0 is greedy.
@@ -256,7 +257,10 @@ def generate(
     model.eval()
     if mel is not None:
         batch_size = mel.shape[0]
-        length = mel.shape[2] * model.cfg.mel.hop_length
+        covered = mel.shape[2] * model.cfg.mel.hop_length
+        if length is not None and not 0 < length <= covered:
+            raise UserError(f"length={length}: mel frames cover {covered} samples")
+        length = covered if length is None else length
     if context is None:
         context = silence_context(model, batch_size)
     loop = make_loop(model, context, speaker, mel, method,

@@ -13,7 +13,7 @@ from torch import nn
 from wavenet import checks
 from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
-from wavenet.features import MelConfig, frame_window
+from wavenet.features import MelConfig, frame_window, frames_for
 from wavenet.layers import ResidualBlock, residual_stack
 
 
@@ -232,9 +232,9 @@ class WaveNet(nn.Module):
         Returns:
             (B, n_mels, length).
         """
-        hop, context = self.cfg.mel.hop_length, self.cfg.mel_context_frames
-        first, last = offset + 1, offset + length  # the samples the columns predict
-        lo, hi = first // hop - context, last // hop + 1 + context
+        hop = self.cfg.mel.hop_length
+        first = offset + 1  # the first sample the columns predict
+        lo, hi = frames_for(first, offset + length, hop, self.cfg.mel_context_frames)
         up = self.upsampler(frame_window(mel, lo, hi, self.cfg.mel.log_floor))
         start = first - lo * hop
         return up[:, :, start:start + length]

@@ -2,8 +2,8 @@
 PESQ (wide band) and STOI of a re-synthesis against its source.
 
 PESQ and STOI come from PyPI's `pesq` (ITU-T P.862 in C, compiled at install) and `pystoi`;
-both are in the `speech` extra (`pip install wavenet[speech]`, included in `dev` and so in
-`make install`). Without them the log-mel distance is still reported.
+both are in the `speech` extra (`pip install wavenet[speech]`, which `make install` tries).
+Without them the log-mel distance is still reported.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from wavenet import checkpoint, checks
 from wavenet.config import TrainConfig, TrainJob
-from wavenet.data import file_item
+from wavenet.data import file_frames
 from wavenet.distributed import World
 from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
@@ -499,12 +499,14 @@ class Trainer:
         speaker = torch.zeros(1, dtype=torch.long, device=self.device) if data.speakers else None
         mel = None
         if self.job.model.mel is not None:  # copy synthesis of the start of a held-out file
-            if not data.valid_ids:
+            hop = self.job.model.mel.hop_length
+            first = data.valid_ids[0] if data.valid_ids else None
+            if first is not None:
+                length = min(length, data.valid_cache.files[first].length) // hop * hop
+            if first is None or not length:
                 return
-            first = data.valid_ids[0]
-            item = file_item(data.valid_cache, first, replace(data.valid_cond, context=0), 0,
-                             min(length, data.valid_cache.files[first].length))
-            mel = item["mel"][None].to(self.device)
+            following = length // hop + self.job.model.mel_context_frames
+            mel = file_frames(data.valid_cache, first, 0, following)[None].to(self.device)
         values = generate(model, length, generator=g, speaker=speaker, mel=mel)
         audio = model.dist.decode(values[0].cpu()).numpy()
         writer.add_audio("sample/audio", audio[None], self.step, sample_rate=data.sample_rate)
