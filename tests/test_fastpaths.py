@@ -3,8 +3,9 @@
 `ResidualBlock` is the reference for one layer's math, and `WaveNet.forward(..., layer_inputs=[])`
 chains it layer by layer in float64: the truth that the three fast paths are held to.
 
-- `residual_stack`, the fused training stack (time-major GEMMs, a hand-written backward):
-  forward and every gradient, in float64 to rounding and in float32 to a stated tolerance.
+- `residual_loop`, the training stack (each layer computes only the time steps the scored
+  outputs need): forward and every gradient, in float64 to rounding and in float32 to a stated
+  tolerance.
 - `IncrementalStepper.step`, the PyTorch per-sample step: logits of every step of a sequence.
 - The compiled step (csrc/fast_step.cpp through `NativeLoop`): the parameters of every step it
   draws, against the reference pass over the samples it drew.
@@ -62,7 +63,7 @@ from wavenet.generate import (
     generate,
     make_loop,
 )
-from wavenet.layers import residual_stack
+from wavenet.layers import residual_loop
 from wavenet.model import WaveNet, WaveNetConfig
 
 REAL = dict(residual_channels=64, gate_channels=128, skip_channels=256)
@@ -125,7 +126,7 @@ def test_real_widths_are_those_of_model_base():
     assert {key: getattr(cfg, key) for key in REAL} == REAL
 
 
-# --- the fused training stack ----------------------------------------------------------------
+# --- the training stack ----------------------------------------------------------------------
 
 def chained(layers, h: torch.Tensor, extra: torch.Tensor | None, first_output: int):
     """The reference stack: h (B, R, T) -> summed skips (B, S, T - first_output)."""
@@ -135,12 +136,6 @@ def chained(layers, h: torch.Tensor, extra: torch.Tensor | None, first_output: i
         h, s = layer(h, e)
         skip = skip + s
     return skip[:, :, first_output:]
-
-
-def fused(layers, h: torch.Tensor, extra: torch.Tensor | None, first_output: int):
-    """`residual_stack` in the reference's layout: h (B, R, T) -> (B, S, T - first_output)."""
-    return residual_stack(layers, h.permute(2, 0, 1).contiguous(), extra,
-                          first_output).permute(1, 2, 0)
 
 
 def stack_and_gradients(stack, layers, h, extra, first_output, weights):
@@ -183,11 +178,11 @@ def stack_problem(case: str, kernel_size: int, batch: int, conditioning: str | N
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", ["real", "odd"])
-def test_fused_stack_equals_chained_blocks_in_float64(case, batch, kernel_size):
+def test_training_stack_equals_chained_blocks_in_float64(case, batch, kernel_size):
     for conditioning, first_output in STACK_SETTINGS:
         layers, h, extra, weights = stack_problem(case, kernel_size, batch, conditioning,
                                                   first_output, torch.float64)
-        out, grads = stack_and_gradients(fused, layers, h, extra, first_output, weights)
+        out, grads = stack_and_gradients(residual_loop, layers, h, extra, first_output, weights)
         ref_out, ref_grads = stack_and_gradients(chained, layers, h, extra, first_output,
                                                  weights)
         torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
@@ -200,18 +195,18 @@ def test_fused_stack_equals_chained_blocks_in_float64(case, batch, kernel_size):
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", ["real", "odd"])
-def test_fused_stack_in_float32_is_within_rounding_of_the_float64_reference(case, batch,
-                                                                           kernel_size):
+def test_training_stack_in_float32_is_within_rounding_of_the_float64_reference(case, batch,
+                                                                              kernel_size):
     """float32 (what training runs) against the exact function: the output and every gradient
-    within 1e-5 of its tensor's largest magnitude. Measured here: at most 6e-7 for the fused
-    stack, 1.7e-6 for the chained blocks in float32; the bound leaves room for other BLAS."""
+    within 1e-5 of its tensor's largest magnitude (measured: at most 1.7e-6 for the chained
+    blocks in float32); the bound leaves room for other BLAS."""
     for conditioning, first_output in STACK_SETTINGS:
         layers, h, extra, weights = stack_problem(case, kernel_size, batch, conditioning,
                                                   first_output, torch.float64)
         ref_out, ref_grads = stack_and_gradients(chained, layers, h, extra, first_output,
                                                  weights)
         single = copy.deepcopy(layers).float()
-        out, grads = stack_and_gradients(fused, single, h.float(), None if extra is None
+        out, grads = stack_and_gradients(residual_loop, single, h.float(), None if extra is None
                                          else extra.float(), first_output, weights.float())
         assert_near(out, ref_out, 1e-5, "output")
         for name, grad in grads.items():

@@ -71,9 +71,9 @@ def test_bad_config_is_rejected(bad):
 
 @pytest.mark.parametrize("variant", ["mulaw-k2", "mulaw-k3", "all"])
 @pytest.mark.parametrize("first_output", [0, 9, 40])
-def test_fused_stack_equals_the_layer_by_layer_pass_with_gradients(variant, first_output):
-    """The training path (all layers at once, time-major, hand-written backward, only the
-    columns from first_output on) against the plain per-layer loop, in float64."""
+def test_training_path_equals_the_layer_by_layer_pass_with_gradients(variant, first_output):
+    """The training path (`residual_loop`: each layer computes only what the columns from
+    first_output on need) against the per-layer loop over every column, in float64."""
     from tests.test_generate import VARIANTS, tiny
 
     model = tiny(**VARIANTS[variant]).double()
@@ -88,11 +88,11 @@ def test_fused_stack_equals_the_layer_by_layer_pass_with_gradients(variant, firs
     weights = torch.randn(batch, model.dist.num_params, length - first_output, generator=g,
                           dtype=torch.float64)
 
-    def run(fused: bool):
+    def run(trimmed: bool):
         model.zero_grad()
         if cond is not None:
             cond.grad = None
-        out = model(x, speaker, cond, layer_inputs=None if fused else [],
+        out = model(x, speaker, cond, layer_inputs=None if trimmed else [],
                     first_output=first_output)
         (out * weights).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -76,8 +76,8 @@ def test_bf16_trains_the_conditioned_presets(preset, tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["mulaw-k2", "mulaw-k3", "mel+speakers", "all"])
-def test_fused_stack_under_autocast_matches_the_float32_layer_loop(variant):
-    """The model's forward (upsampler, conditioning, fused stack, head) under bf16 autocast,
+def test_training_forward_under_autocast_matches_the_float32_layer_loop(variant):
+    """The model's forward (upsampler, conditioning, stack, head) under bf16 autocast,
     against the float32 layer-by-layer pass, on the training loss and its gradients."""
     model = tiny(**VARIANTS.get(variant, {"n_speakers": 3, "speaker_channels": 3, "mel": MEL,
                                           "upsample_scales": [2, 4]})).train()
@@ -96,10 +96,10 @@ def test_fused_stack_under_autocast_matches_the_float32_layer_loop(variant):
         """Float32, one ResidualBlock after another."""
         return model(x[:, :-1], speaker, mel, layer_inputs=[], first_output=first_output)
 
-    def run(bf16: bool, fused: bool, backward_in_autocast: bool = False):
+    def run(bf16: bool, trimmed: bool, backward_in_autocast: bool = False):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = (model(x[:, :-1], speaker, mel, first_output=first_output) if fused
+            out = (model(x[:, :-1], speaker, mel, first_output=first_output) if trimmed
                    else reference())
             loss = model.dist.nll(out, x[:, first_output + 1:])
             if backward_in_autocast:
@@ -108,8 +108,8 @@ def test_fused_stack_under_autocast_matches_the_float32_layer_loop(variant):
             loss.backward()
         return out.detach(), loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
-    out_ref, loss_ref, grads_ref = run(bf16=False, fused=False)
-    out, loss, grads = run(bf16=True, fused=True)
+    out_ref, loss_ref, grads_ref = run(bf16=False, trimmed=False)
+    out, loss, grads = run(bf16=True, trimmed=True)
     assert out.dtype == torch.bfloat16 and loss.dtype == torch.float32
     assert (out.float() - out_ref).norm() < 1e-2 * out_ref.norm()  # measured: under 3.4e-3
     torch.testing.assert_close(loss, loss_ref, rtol=1e-3, atol=0)
@@ -124,7 +124,7 @@ def test_fused_stack_under_autocast_matches_the_float32_layer_loop(variant):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(x[:, :-1], speaker, mel, first_output=first_output), out)
     # The backward does not depend on whether it is called inside autocast.
-    _, _, grads_inside = run(bf16=True, fused=True, backward_in_autocast=True)
+    _, _, grads_inside = run(bf16=True, trimmed=True, backward_in_autocast=True)
     for name, grad in grads_inside.items():
         assert torch.equal(grad, grads[name]), name
 
@@ -175,11 +175,16 @@ def test_compiled_training_matches_eager(precision, tone_folder, tmp_path):
                                                  tmp_path / "eager")
     compiled, compiled_losses = train_recording_losses(
         compose_job("train", [*common, "train.compile=true"]), tmp_path / "compiled")
-    # Compiled graphs around the fused stack, which runs eagerly (see residual_stack).
+    # The whole forward compiles (the stack is plain PyTorch ops).
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     # Measured: identical on the CPU. The tolerance leaves room for fusions that skip a bf16
     # rounding between two elementwise ops.
     torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-3, atol=0)
+    # In fp32 the weights agree closely. In bf16 the compiled kernels round at other places, so
+    # gradients differ by bf16 roundings, and Adam, which normalizes each gradient, turns a
+    # near-zero one of the other sign into a full lr-sized step: a weight may then differ by up
+    # to the sum of the 4 steps' learning rates (measured: at most 2.8e-3 of 3.5e-3).
+    atol = 1e-5 if precision == "fp32" else 0.5e-3 + 1e-3 * 3
     for name, weight in eager["model"].items():
-        torch.testing.assert_close(compiled["model"][name], weight, rtol=1e-3, atol=1e-5,
+        torch.testing.assert_close(compiled["model"][name], weight, rtol=1e-3, atol=atol,
                                    msg=name)

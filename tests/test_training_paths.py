@@ -1,6 +1,5 @@
-"""The training paths through the residual stack compute one function: the fused stack with its
-hand-written backward (`residual_stack`), the plain-autograd loop that computes only the needed
-time steps (`residual_loop`), and the layer loop over all time steps, sliced afterwards."""
+"""The training path through the residual stack, `residual_loop` (each layer computes only the
+time steps the scored outputs need), computes the layer loop over all time steps, sliced."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from tests.test_generate import tiny
-from wavenet.layers import needed_starts, residual_loop, residual_stack
+from wavenet.layers import needed_starts, residual_loop
 
 
 def full_loop(layers, h, extra, first_output):
@@ -24,8 +23,6 @@ def full_loop(layers, h, extra, first_output):
 PATHS = {
     "full loop": full_loop,
     "residual_loop": residual_loop,
-    "residual_stack": lambda layers, h, extra, first: residual_stack(
-        layers, h.permute(2, 0, 1).contiguous(), extra, first).permute(1, 2, 0),
 }
 
 
@@ -59,7 +56,7 @@ def test_the_stack_paths_agree_with_all_gradients(kernel_size, conditioning, fir
     out_ref, grads_ref = run("full loop")
     assert out_ref.shape == (batch, S, length - first_output)
     assert len(grads_ref) == 4 * len(layers) + 1 + (extra is not None)
-    for path in ("residual_loop", "residual_stack"):
+    for path in ("residual_loop",):
         out, grads = run(path)
         torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-12, msg=path)
         assert grads.keys() == grads_ref.keys(), path

@@ -14,7 +14,7 @@ from wavenet import checks
 from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
 from wavenet.features import MelConfig, frame_window, frames_for
-from wavenet.layers import ResidualBlock, residual_stack
+from wavenet.layers import ResidualBlock, residual_loop
 
 
 @dataclass
@@ -260,10 +260,8 @@ class WaveNet(nn.Module):
         """
         h = self.embed_input(x)
         extra = self.conditioning(speaker, mel, mel_offset, x.shape[1])
-        if layer_inputs is None:  # all layers at once, time-major inside (same function)
-            skip = residual_stack(self.layers, h.permute(2, 0, 1).contiguous(), extra,
-                                  first_output)
-            return self.head(skip.permute(1, 2, 0))
+        if layer_inputs is None:
+            return self.head(residual_loop(self.layers, h, extra, first_output))
         # Layer by layer, so that each layer's input can be captured.
         per_layer = extra.chunk(len(self.layers), dim=1) if extra is not None else None
         skip = 0
