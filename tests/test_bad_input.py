@@ -168,7 +168,7 @@ def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
 @pytest.mark.parametrize("program,override,expected", [
     ("train", "train.lr=-0.001", "train.lr=-0.001: must be in (0, 10]"),
     ("train", "train.lr=nan", "train.lr=nan: must be in (0, 10]"),
-    ("train", "train.final_lr=0.1", "train.final_lr=0.1: must be in [0, 0.001] or null"),
+    ("train", "train.final_lr=-0.1", "train.final_lr=-0.1: must be >= 0 or null"),
     ("train", "train.batch_size=0", "train.batch_size=0: must be an integer >= 1"),
     ("train", "train.max_steps=-5", "train.max_steps=-5: must be an integer >= 1 or null"),
     ("train", "train.max_steps=null", "train.max_steps=null needs a time budget"),

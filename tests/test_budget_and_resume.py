@@ -32,6 +32,10 @@ def test_the_schedule_spans_the_time_budget():
     assert lr_factor(100, cfg, 0.0) == pytest.approx(1.0)
     assert lr_factor(100, cfg, 0.5) == pytest.approx((1 + 0.01) / 2)
     assert lr_factor(10**6, cfg, 1.0) == pytest.approx(0.01)
+    # A final rate above the peak (e.g. train.lr lowered, final_lr left at its default) is the
+    # peak: the rate stays constant rather than rising.
+    low = TrainConfig(lr=5e-6, final_lr=1e-5, warmup_steps=0, max_steps=100)
+    assert [lr_factor(s, low) for s in (0, 50, 100)] == [1.0, 1.0, 1.0]
     both = TrainConfig(max_steps=110, max_time="1h", warmup_steps=10)
     # Whichever limit the run is closer to sets the pace.
     assert lr_factor(60, both, 0.1) == lr_factor(60, both, 0.0) == pytest.approx((1 + 0.01) / 2)
