@@ -83,14 +83,19 @@ def _flat_keys(d: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
-    """The job dataclass that `wavenet-<config_name> <overrides…>` would run, for notebooks and
-    other programs: compose("train", ["experiment=demo", "train.max_steps=100"])."""
+def _composed(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config Hydra composes for a program and overrides, outside a Hydra run."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=list(overrides))
+        return hydra_compose(config_name, overrides=overrides)
+
+
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
+    """The job dataclass that `wavenet-<config_name> <overrides…>` would run, for notebooks and
+    other programs: compose("train", ["experiment=demo", "train.max_steps=100"])."""
+    cfg = _composed(config_name, list(overrides))
     try:
         return to_job(cfg)
     except MissingMandatoryValue as err:
@@ -187,12 +192,8 @@ def check_nested_overrides(config_name: str, argv: list[str]) -> None:
     nested = [a for a in overrides if key(a).count(".") >= 2]
     if not nested:
         return
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = hydra_compose(config_name, overrides=[a for a in overrides if a not in nested])
+        cfg = _composed(config_name, [a for a in overrides if a not in nested])
     except Exception:  # noqa: BLE001 - Hydra reports those itself, in its own words
         return
     for arg in nested:
