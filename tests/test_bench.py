@@ -25,7 +25,13 @@ def test_bench_reports_every_figure(tmp_path):
     job = compose_job("bench", ["batch_sizes=[1,2]", "fast_seconds=0.3", "naive_steps=2",
                                 "train_steps=1", "train_batch_size=1", "train_crop=64",
                                 f"out={tmp_path / 'bench.json'}"])
-    bench(job, {"debug": model_config("debug")}, tmp_path)
+    from wavenet.features import MelConfig
+    from wavenet.model import WaveNetConfig
+
+    vocoder = WaveNetConfig(layers_per_cycle=3, cycles=1, residual_channels=8, gate_channels=8,
+                            skip_channels=8, mel=MelConfig(n_fft=64, hop_length=16, n_mels=5),
+                            upsample_scales=[4, 4])
+    bench(job, {"debug": model_config("debug")}, tmp_path, vocoder)
     report = json.loads((tmp_path / "bench.json").read_text())
     row = report["results"][0]
     assert row["floor_samples_per_s"] > 0 and row["train_straightforward_samples_per_s"] > 0
@@ -35,3 +41,12 @@ def test_bench_reports_every_figure(tmp_path):
     assert first["fraction_of_floor"] > 0
     assert first["fast"] > 0 and first["incremental"] > 0 and first["naive"] > 0
     assert report["machine"]["torch"]
+    assert report["vocoder"]["samples_per_s"] > 0 and report["vocoder"]["n_mels"] == 5
+    assert report["vocoder"]["times_real_time"] == report["vocoder"]["samples_per_s"] / 16000
+
+
+def test_the_bench_times_the_vocoder_preset_as_composed():
+    from wavenet.cli import compose, vocoder_model_config
+
+    assert vocoder_model_config() == compose("train", ["experiment=vocoder",
+                                                       "data.root=/x"]).model

@@ -46,12 +46,14 @@ def machine_info() -> dict:
 
 @torch.no_grad()
 def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
-                    seconds: float = 3.0, steps: int | None = None) -> float:
+                    seconds: float = 3.0, steps: int | None = None,
+                    mel: torch.Tensor | None = None) -> float:
     """Samples/s (all streams together) of one generation method in steady state, sampling
     included, priming excluded. With `steps`, those steps timed once (for the slow naive path);
-    otherwise the best of three windows (`best_rate`)."""
+    otherwise the best of three windows (`best_rate`). mel: (B, n_mels, F) frames for a vocoder
+    (past them, silence: the features are upsampled and projected all the same)."""
     context = silence_context(model, batch)
-    loop = make_loop(model, context, method=method, threads=threads)
+    loop = make_loop(model, context, mel=mel, method=method, threads=threads)
     x = context[:, -1]
     noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,
                        generator=torch.Generator().manual_seed(0))
@@ -78,6 +80,23 @@ def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
         return n * batch
 
     return best_rate(window, seconds)
+
+
+def vocoder_rate(cfg: WaveNetConfig, seconds: float, sample_rate: int = 16000) -> dict:
+    """Copy synthesis at batch 1 on one thread, by the fast path: samples/s and how many times
+    real time that is at `sample_rate`."""
+    torch.manual_seed(0)
+    model = WaveNet(cfg).eval()
+    torch.set_num_threads(1)
+    mel = torch.randn(1, cfg.mel.n_mels, 64) - 4.0  # speech-like levels of natural-log mels
+    rate = generation_rate(model, 1, "fast", 1, seconds, mel=mel)
+    result = {"parameters": model.num_parameters(), "n_mels": cfg.mel.n_mels,
+              "hop_length": cfg.mel.hop_length, "samples_per_s": rate,
+              "times_real_time": rate / sample_rate, "sample_rate": sample_rate,
+              "method": resolve_method(model, "fast")}
+    print(f"vocoder copy synthesis, batch 1, 1 thread: {rate:,.0f} samples/s, "
+          f"{rate / sample_rate:.1f}x real time at {sample_rate} Hz", flush=True)
+    return result
 
 
 def best_rate(work: Callable[[], int], seconds: float) -> float:
@@ -209,8 +228,10 @@ def train_rate(model: nn.Module, cfg: WaveNetConfig, batch: int, crop: int,
     return rate, bits
 
 
-def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dict:
-    """Measure every model; print a Markdown table and write JSON."""
+def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path,
+          vocoder: WaveNetConfig | None = None) -> dict:
+    """Measure every model, and copy synthesis with `vocoder` (the vocoder preset's model) if
+    given; print Markdown tables and write JSON."""
     checks.validate(job)
     checks.writable_file("out", job.out)
     threads_default = torch.get_num_threads()
@@ -254,6 +275,9 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path) -> dic
               f"(straightforward {row['train_straightforward_bits']:.4f})", flush=True)
         results.append(row)
     report = {"machine": machine_info(), "job": asdict(job), "results": results}
+    if vocoder is not None:
+        report["vocoder"] = vocoder_rate(vocoder, job.fast_seconds)
+        torch.set_num_threads(threads_default)
     print()
     print(format_table(report))
     out = Path(job.out) if job.out else out_dir / "bench.json"
@@ -288,6 +312,12 @@ def format_table(report: dict) -> str:
         lines.append(f"| {row['model']} | {row['floor_samples_per_s']:,.0f} | {ours:,.0f} "
                      f"| {plain:,.0f} | {ours / plain:.2f}x | {row['train_bits']:.4f} / "
                      f"{row['train_straightforward_bits']:.4f} |")
+    if "vocoder" in report:
+        v = report["vocoder"]
+        lines.append(f"\nVocoder copy synthesis (the vocoder preset: {v['parameters']:,} "
+                     f"parameters, {v['n_mels']} mel bands, hop {v['hop_length']}), batch 1, one "
+                     f"thread, {v['method']} path: {v['samples_per_s']:,.0f} samples/s, "
+                     f"{v['times_real_time']:.1f}x real time at {v['sample_rate']} Hz.")
     m = report["machine"]
     lines.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}; "
                  f"torch {m['torch']}, Python {m['python']}; compiled step: "

@@ -305,11 +305,24 @@ def model_config(name: str) -> WaveNetConfig:
     return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(path)))
 
 
+def vocoder_model_config() -> WaveNetConfig:
+    """The vocoder preset's model: configs/experiment/vocoder.yaml's model block over the model
+    config its defaults name (read as files: inside a Hydra run, Hydra cannot compose again)."""
+    preset = OmegaConf.load(Path(CONFIG_DIR) / "experiment" / "vocoder.yaml")
+    base = next(d["override /model"] for d in preset.defaults
+                if isinstance(d, DictConfig) and "override /model" in d)
+    merged = OmegaConf.merge(OmegaConf.structured(WaveNetConfig),
+                             OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{base}.yaml"),
+                             preset.model)
+    return OmegaConf.to_object(merged)
+
+
 def _bench(cfg: DictConfig):
     from wavenet.bench import bench
 
     job: BenchJob = to_job(cfg)
-    return bench(job, {name: model_config(name) for name in job.models}, run_dir())
+    vocoder = vocoder_model_config() if job.vocoder else None
+    return bench(job, {name: model_config(name) for name in job.models}, run_dir(), vocoder)
 
 
 train_main = _entry("train", _train)

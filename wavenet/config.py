@@ -288,6 +288,7 @@ class BenchJob:
         train_steps: training steps timed.
         train_batch_size: crops per timed training step.
         train_crop: predicted samples per crop in the timed training steps.
+        vocoder: also time copy synthesis with the vocoder preset's model (batch 1, 1 thread).
         out: JSON file; None writes bench.json in the Hydra run folder.
     """
 
@@ -298,6 +299,7 @@ class BenchJob:
     train_steps: int = 3
     train_batch_size: int = 4
     train_crop: int = 2000
+    vocoder: bool = True
     out: str | None = None
 
     def __post_init__(self):
