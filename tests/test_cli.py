@@ -196,3 +196,23 @@ def test_sample_streams_audio_and_a_killed_run_keeps_it(tone_folder, tmp_path):
     audio, rate = sf.read(wav)
     assert rate == 8000 and 4000 <= len(audio) < 60 * 8000
     assert np.abs(audio).max() > 0
+
+
+@pytest.mark.parametrize("experiment",
+                         sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_experiment_runs_a_step(experiment, tmp_path):
+    """Each preset as it is (model, precision, output, conditioning), on tiny data: one step
+    and a checkpoint, so that no preset can crash at its first step again."""
+    from tests.conftest import write_tone_folder
+
+    for n, speaker in enumerate(["ann", "bob"]):  # speaker folders suit every preset
+        write_tone_folder(tmp_path / "audio" / speaker, n_files=2, seconds=1.0, seed=n)
+    job = compose_job("train", [
+        f"experiment={experiment}", f"data.root={tmp_path / 'audio'}", "data.valid_root=null",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.audio.sample_rate=8000",
+        "data.crop_samples=256", "data.num_workers=0", "train.max_steps=1",
+        "train.batch_size=2", "train.warmup_steps=1", "train.eval_max_seconds=0.1",
+        "train.sample_every=null", "train.progress=false"])
+    ckpt = checkpoint.load(train(job, tmp_path / "run"))
+    assert ckpt["step"] == 1 and ckpt["config"]["name"] == job.name
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())

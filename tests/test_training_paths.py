@@ -6,22 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.test_fastpaths import chained
 from tests.test_generate import tiny
 from wavenet.layers import needed_starts, residual_loop
 
-
-def full_loop(layers, h, extra, first_output):
-    """Every layer over all time steps, the skips summed and then sliced: the reference."""
-    per_layer = extra.chunk(len(layers), dim=1) if extra is not None else [None] * len(layers)
-    skip = 0
-    for layer, e in zip(layers, per_layer, strict=True):
-        h, s = layer(h, e)
-        skip = skip + s
-    return skip[:, :, first_output:]
-
-
 PATHS = {
-    "full loop": full_loop,
+    "full loop": chained,
     "residual_loop": residual_loop,
 }
 
