@@ -214,6 +214,13 @@ def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
     ("vocoder", "model.mel.f_max=20000", "model.mel.f_max=20000.0: must be in (0, 8000] or "
      "null (half of data.audio.sample_rate is 8000)"),
     ("vocoder", "model.upsample_scales=[4,0]", "model.upsample_scales[1]=0: must be an integer"),
+    ("vocoder", "model.pre_emphasis=1", "model.pre_emphasis=1.0: must be in [0, 1)"),
+    ("vocoder", "model.lpc_order=100", "model.lpc_order=100: must be an integer in 0..64"),
+    ("train", "model.lpc_order=16", "model.lpc_order=16 needs mel conditioning"),
+    ("vocoder", "model.mel.sample_rate=22050", "model.mel.sample_rate=22050 but "
+     "data.audio.sample_rate=16000: leave the first unset"),
+    ("evaluate", "temperature=-0.5", "temperature=-0.5: must be in [0, 100]"),
+    ("evaluate", "resynth_seconds=0", "resynth_seconds=0.0: must be in (0, 3600] or null"),
     ("sample", "temperature=-1", "temperature=-1.0: must be in [0, 100]"),
     ("sample", "n_samples=0", "n_samples=0: must be an integer in 1..65536"),
     ("sample", "seconds=0", "seconds=0.0: must be in (0, 86400]"),

@@ -48,5 +48,7 @@ def test_bench_reports_every_figure(tmp_path):
 def test_the_bench_times_the_vocoder_preset_as_composed():
     from wavenet.cli import compose, vocoder_model_config
 
-    assert vocoder_model_config() == compose("train", ["experiment=vocoder",
-                                                       "data.root=/x"]).model
+    composed = compose("train", ["experiment=vocoder", "data.root=/x"]).model
+    assert composed.mel.sample_rate == 16000  # a training job fills it in from its data
+    composed.mel.sample_rate = None  # ... and the bench from its own rate
+    assert vocoder_model_config() == composed

@@ -212,26 +212,37 @@ class Model:
         if on_samples is not None and not callable(on_samples):
             raise UserError(f"on_samples must be a function of the new audio, not "
                             f"{type(on_samples).__name__}")
-        net, device, dist = self.net, self.device, self.net.dist
+        net, device = self.net, self.device
         feats = self._mel_batch(mel, n)
         if feats is not None:
             if prime is not None:
                 raise UserError("a prime and mel features don't go together: a vocoder "
                                 "follows its mel")
             n = feats.shape[0]
-        context = self._prime_values(prime, prime_seconds, n)
+        history = None if prime is None else self.prime_audio(prime, prime_seconds)
+        context = self._prime_values(history, n)
         speaker_id = self.speaker_id(speaker)
         speakers = (None if speaker_id is None
                     else torch.full((n,), speaker_id, dtype=torch.long, device=device))
         length = self.samples(seconds) if feats is None else None  # a vocoder: its frames
         generator = torch.Generator(device=device).manual_seed(seed)
-        callback = None
-        if on_samples is not None:
-            def callback(values: torch.Tensor) -> None:
-                on_samples(dist.decode(values.cpu()).numpy())
+        # Values become audio in order, a stretch at a time (a whitening model's de-emphasis
+        # and linear prediction carry over from one stretch to the next).
+        decode = net.audio_decoder(feats, n, None if history is None
+                                   else np.broadcast_to(history.numpy(), (n, history.shape[-1])))
+        made: list[np.ndarray] = []
+
+        def callback(values: torch.Tensor) -> None:
+            made.append(decode(values))
+            if on_samples is not None:
+                on_samples(made[-1])
+
         values = generate(net, length, context, n, temperature, generator, on_samples=callback,
                           speaker=speakers, mel=feats, method=method, threads=threads)
-        return dist.decode(values.cpu()).numpy()
+        done = sum(m.shape[1] for m in made)
+        if done < values.shape[1]:
+            made.append(decode(values[:, done:]))
+        return np.concatenate(made, axis=1)
 
     def samples(self, seconds: float) -> int:
         """How many samples `seconds` of audio is at this model's rate (at least one)."""
@@ -263,16 +274,14 @@ class Model:
                              "it holds no samples")
         return audio.clamp(-1, 1)
 
-    def _prime_values(self, prime: AudioLike | None, seconds: float | None,
-                      n: int) -> torch.Tensor | None:
-        """The prime as model values (n, P), or None."""
-        if prime is None:
+    def _prime_values(self, audio: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """The prime's audio (T,) or (1 or n, T) as model values (n, P), or None."""
+        if audio is None:
             return None
-        audio = self.prime_audio(prime, seconds)
         if audio.ndim == 2 and audio.shape[0] not in (1, n):
             raise UserError(f"prime has {audio.shape[0]} rows for {n} streams: give one row, "
                             f"or one per stream")
-        values = self.net.dist.encode(audio).to(self.device)
+        values = self.net.encode_audio(audio if audio.ndim == 2 else audio[None]).to(self.device)
         return values.expand(n, -1).contiguous() if values.ndim == 1 or values.shape[0] == 1 \
             else values
 

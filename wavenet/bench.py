@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from torch import nn
 
 from wavenet import checks
 from wavenet.config import BenchJob
-from wavenet.generate import NOISE_BLOCK, make_loop, resolve_method, silence_context
+from wavenet.generate import NOISE_BLOCK, generate, make_loop, resolve_method, silence_context
 from wavenet.model import WaveNet, WaveNetConfig
 from wavenet.native import PANEL, library, pack, unavailable_reason
 
@@ -84,12 +84,21 @@ def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
 
 def vocoder_rate(cfg: WaveNetConfig, seconds: float, sample_rate: int = 16000) -> dict:
     """Copy synthesis at batch 1 on one thread, by the fast path: samples/s and how many times
-    real time that is at `sample_rate`."""
+    real time that is at `sample_rate`. Whole utterances of one second are timed, from their
+    frames to audio (the whitening filter's inverse included)."""
     torch.manual_seed(0)
+    cfg = replace(cfg, mel=replace(cfg.mel, sample_rate=cfg.mel.sample_rate or sample_rate))
     model = WaveNet(cfg).eval()
     torch.set_num_threads(1)
-    mel = torch.randn(1, cfg.mel.n_mels, 64) - 4.0  # speech-like levels of natural-log mels
-    rate = generation_rate(model, 1, "fast", 1, seconds, mel=mel)
+    # speech-like levels of natural-log mels
+    mel = torch.randn(1, cfg.mel.n_mels, sample_rate // cfg.mel.hop_length) - 4.0
+
+    def utterance() -> int:
+        values = generate(model, mel=mel, method="fast", threads=1)
+        model.audio_decoder(mel)(values)
+        return values.shape[1]
+
+    rate = best_rate(utterance, seconds)
     result = {"parameters": model.num_parameters(), "n_mels": cfg.mel.n_mels,
               "hop_length": cfg.mel.hop_length, "samples_per_s": rate,
               "times_real_time": rate / sample_rate, "sample_rate": sample_rate,

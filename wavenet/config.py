@@ -148,6 +148,12 @@ class TrainJob:
                 raise UserError(f"train.{key}={seconds:g} is less than one sample at {rate} Hz")
         mel = self.model.mel
         if mel is not None:
+            rate = self.data.audio.sample_rate
+            if mel.sample_rate is None:
+                mel.sample_rate = rate
+            elif mel.sample_rate != rate:
+                raise UserError(f"model.mel.sample_rate={mel.sample_rate} but "
+                                f"data.audio.sample_rate={rate}: leave the first unset")
             nyquist = self.data.audio.sample_rate / 2
             checks.number("model.mel.f_max", mel.f_max, mel.f_min, nyquist, lo_open=True,
                           optional=True, hint=f"half of data.audio.sample_rate is {nyquist:g}")
@@ -248,8 +254,9 @@ class EvaluateJob:
         max_seconds: score at most this much audio; None scores all of it.
         resynth_files: vocoders only: how many held-out files to re-synthesize from their
             log-mel features (copy synthesis); 0 skips it.
-        resynth_seconds: how much of the start of each of those files to re-synthesize.
+        resynth_seconds: re-synthesize only the start of each of those files; None: all of it.
         seed: seeds the copy-synthesis draws.
+        temperature: the copy synthesis' sampling temperature (see SampleJob).
         out: JSON file for the results; None writes evaluation.json in the Hydra run folder.
     """
 
@@ -257,9 +264,10 @@ class EvaluateJob:
     data: EvalData = field(default_factory=EvalData)
     split: str = "valid"
     max_seconds: float | None = None
-    resynth_files: int = 4
-    resynth_seconds: float = 1.0
+    resynth_files: int = 8
+    resynth_seconds: float | None = None
     seed: int = 0
+    temperature: float = 1.0
     use_ema: bool = True
     out: str | None = None
     device: str = "auto"
@@ -270,8 +278,10 @@ class EvaluateJob:
         checks.choice("split", self.split, ("valid", "train", "all"))
         checks.number("max_seconds", self.max_seconds, 0, lo_open=True, optional=True)
         checks.integer("resynth_files", self.resynth_files, 0)
-        checks.number("resynth_seconds", self.resynth_seconds, 0, 3600, lo_open=True)
+        checks.number("resynth_seconds", self.resynth_seconds, 0, 3600, lo_open=True,
+                      optional=True)
         checks.integer("seed", self.seed, 0, 2**63 - 1)
+        checks.number("temperature", self.temperature, 0, 100)
         checks.device("device", self.device)
         checks.integer("threads", self.threads, 1, optional=True)
 

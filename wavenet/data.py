@@ -184,7 +184,8 @@ def cache_name(root: Path, audio_cfg: AudioConfig, mel: MelConfig | None) -> str
     """The cache folder's name: the source folder and a hash of everything that shapes the
     cached audio and features: the audio config (trimming's minimum follows its rate), the
     features' config and the cache's version."""
-    mel_key = asdict(mel) if mel is not None else None
+    # The rate is the audio config's; a mel config that states it makes the same features.
+    mel_key = {**asdict(mel), "sample_rate": None} if mel is not None else None
     key = json.dumps([str(root), asdict(audio_cfg), mel_key, CACHE_VERSION])
     return f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
@@ -390,18 +391,22 @@ class Conditioning:
             (`WaveNetConfig.mel_context_frames`), so that the model conditions the stretch
             exactly as it would the whole file; 0 for generation, which takes a stretch's own
             frames.
+        history: samples of audio before a stretch that its whitening filter reaches
+            (`WaveNetConfig.whitening_order`), attached as "before" so that a crop is whitened
+            exactly as in the whole file.
     """
 
     speakers: list[int | None] | None = None
     hop: int | None = None
     context: int = 0
+    history: int = 0
 
     @classmethod
     def for_model(cls, cfg: WaveNetConfig, speakers: list[int | None] | None = None
                   ) -> Conditioning:
         """What a model with this config is conditioned on, with the context it needs."""
         hop = cfg.mel.hop_length if cfg.mel is not None else None
-        return cls(speakers, hop, cfg.mel_context_frames)
+        return cls(speakers, hop, cfg.mel_context_frames, cfg.whitening_order)
 
 
 class CropDataset(Dataset):
@@ -459,10 +464,16 @@ def file_item(cache: AudioCache, file_id: int, cond: Conditioning, start: int = 
         audio: (T,) float32 in [-1, 1]; speaker: () int64 when labelled; when features are
         attached, mel: (n_mels, ceil(T / hop) + 2·context) float32 log-mel frames (silence
         outside the file) and mel_offset: () int64, where audio[0] sits on their time axis
-        (frame j covers samples j·hop … (j+1)·hop - 1 of it; `start` must be a multiple of hop).
+        (frame j covers samples j·hop … (j+1)·hop - 1 of it; `start` must be a multiple of hop);
+        with `cond.history`, before: (history,) float32, the samples before the stretch
+        (silence before the file's start).
     """
     length = cache.files[file_id].length - start if length is None else length
     item = {"audio": torch.from_numpy(cache.audio(file_id, start, length))}
+    if cond.history:
+        lo = max(0, start - cond.history)
+        before = cache.audio(file_id, lo, start - lo)
+        item["before"] = torch.from_numpy(np.pad(before, (cond.history - len(before), 0)))
     if cond.speakers is not None:
         item["speaker"] = torch.tensor(cond.speakers[file_id])
     if cond.hop is not None:

@@ -52,9 +52,10 @@ def heldout_nll(model: WaveNet, cache: AudioCache, file_ids: list[int],
     total_nll, counted, targets_seen = 0.0, 0, []
     for i in file_ids:
         item = file_item(cache, i, cond)
-        x = dist.encode(item["audio"].to(device))
         speaker = item["speaker"][None].to(device) if "speaker" in item else None
         mel = item["mel"][None].to(device) if "mel" in item else None
+        x = model.encode_audio(item["audio"][None].to(device), mel,
+                               int(item["mel_offset"]) if mel is not None else 0)[0]
         n = len(x)
         if max_samples is not None:
             n = min(n, max_samples - counted + 1)
@@ -119,7 +120,8 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     result = heldout_nll(model, cache, ids, max_samples, cond)
     if mel is not None and job.resynth_files:
         result["copy_synthesis"] = copy_synthesis(model, cache, ids[:job.resynth_files], cond,
-                                                  job.resynth_seconds, job.seed)
+                                                  job.resynth_seconds, job.seed,
+                                                  job.temperature)
         result["mel_distance_db"] = result["copy_synthesis"]["wavenet"]["mel_distance_db"]
     result.update(
         checkpoint=str(checkpoint.resolve(job.checkpoint)),
@@ -151,8 +153,8 @@ def copy_synthesis_table(copy: dict) -> str:
         value = scores.get(key)
         return "n/a" if value is None else format(value, fmt)
 
-    lines = [f"copy synthesis of {copy['files']} held-out files ({copy['seconds']:.2f} s each) "
-             "from their log-mel frames:",
+    lines = [f"copy synthesis of {copy['files']} held-out files ({copy['seconds']:.1f} s in "
+             f"all) from their log-mel frames, WaveNet at temperature {copy['temperature']:g}:",
              "| | log-mel distance (dB, lower is better) | PESQ-WB (1-4.64) | STOI (0-1) |",
              "|---|---:|---:|---:|"]
     for name, key in (("WaveNet", "wavenet"), ("Griffin-Lim (32 iterations)", "griffin_lim")):
@@ -166,34 +168,45 @@ def copy_synthesis_table(copy: dict) -> str:
 
 @torch.no_grad()
 def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond: Conditioning,
-                   seconds: float, seed: int = 0) -> dict:
-    """Re-synthesize the start of each file from its own log-mel features (one batch), and the
-    same frames with Griffin-Lim, and score both against the originals.
+                   seconds: float | None = None, seed: int = 0, temperature: float = 1.0
+                   ) -> dict:
+    """Re-synthesize each file (or its first `seconds`) from its own log-mel features, all in
+    one batch, and the same frames with Griffin-Lim, and score both against the originals.
+
+    Each file is cut to whole frames (hop samples each). Files shorter than the longest are
+    generated on in the batch from silent frames, and those samples are dropped.
 
     Returns:
-        {"wavenet": scores, "griffin_lim": scores, "files": n, "seconds": per file}, the scores
-        being the mean log-mel distance (dB) and, where `pesq` and `pystoi` are installed,
-        PESQ-WB and STOI (see `wavenet.quality`).
+        {"wavenet": scores, "griffin_lim": scores, "files": n, "seconds": total}, the scores
+        being means over files of the log-mel distance (dB) and, where `pesq` and `pystoi` are
+        installed, PESQ-WB and STOI (see `wavenet.quality`).
     """
     hop, rate = model.cfg.mel.hop_length, cache.sample_rate
-    frames = min(int(seconds * rate) // hop, *(cache.files[i].length // hop for i in file_ids))
-    if frames < 1:
-        raise UserError(f"resynth_seconds={seconds:g} (or the shortest held-out file) is less "
-                        f"than one mel frame ({hop} samples)")
+    limit = None if seconds is None else int(seconds * rate)
+    frames = [min(cache.files[i].length, limit or cache.files[i].length) // hop
+              for i in file_ids]
+    if min(frames) < 1:
+        raise UserError(f"resynth_seconds={seconds} (or a held-out file) is shorter than one "
+                        f"mel frame ({hop} samples)")
     own_frames = replace(cond, context=0)  # the stretch's own frames (for Griffin-Lim)
-    items = [file_item(cache, i, own_frames, 0, frames * hop) for i in file_ids]
+    items = [file_item(cache, i, own_frames, 0, n * hop) for i, n in zip(file_ids, frames,
+                                                                         strict=True)]
     device = next(model.parameters()).device
-    # The frames after the stretch condition its last samples, as in the whole file.
-    following = frames + model.cfg.mel_context_frames
-    mel = torch.stack([file_frames(cache, i, 0, following) for i in file_ids]).to(device)
+    # The frames after each stretch condition its last samples, as in the whole file.
+    context = model.cfg.mel_context_frames
+    mel = torch.stack([file_frames(cache, i, 0, max(frames) + context) for i in file_ids])
     speaker = (torch.stack([it["speaker"] for it in items]).to(device)
                if "speaker" in items[0] else None)
     generator = torch.Generator(device=device).manual_seed(seed)
-    values = generate(model, frames * hop, generator=generator, speaker=speaker, mel=mel)
-    ours = list(model.dist.decode(values.cpu()).numpy())
+    values = generate(model, max(frames) * hop, generator=generator, speaker=speaker,
+                      mel=mel.to(device), temperature=temperature)
+    audio = model.audio_decoder(mel.to(device), len(file_ids))(values)
+    ours = [x[:n * hop] for x, n in zip(audio, frames,
+                                        strict=True)]
     references = [it["audio"].numpy() for it in items]
-    baseline = [griffin_lim(it["mel"].numpy(), rate, model.cfg.mel, frames * hop)
-                for it in items]
+    baseline = [griffin_lim(it["mel"].numpy(), rate, model.cfg.mel, n * hop)
+                for it, n in zip(items, frames, strict=True)]
     return {"wavenet": score_resyntheses(references, ours, rate, model.cfg.mel),
             "griffin_lim": score_resyntheses(references, baseline, rate, model.cfg.mel),
-            "files": len(items), "seconds": frames * hop / rate}
+            "files": len(items), "seconds": sum(frames) * hop / rate,
+            "temperature": temperature}

@@ -25,6 +25,8 @@ class MelConfig:
         n_mels: mel bands.
         f_min, f_max: band edges in Hz; f_max None is half the sample rate.
         log_floor: magnitudes below this are clamped before the log.
+        sample_rate: the audio's rate; training fills it in from data.audio.sample_rate, so
+            that a checkpoint's features are fully described (linear prediction needs it).
     """
 
     n_fft: int = 1024
@@ -34,6 +36,7 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float | None = None
     log_floor: float = 1e-5
+    sample_rate: int | None = None
 
     def __post_init__(self):
         k = "model.mel."
@@ -44,6 +47,7 @@ class MelConfig:
         checks.number(k + "f_min", self.f_min, 0)
         checks.number(k + "f_max", self.f_max, self.f_min, lo_open=True, optional=True)
         checks.number(k + "log_floor", self.log_floor, 0, 1, lo_open=True, hi_open=True)
+        checks.integer(k + "sample_rate", self.sample_rate, 1, optional=True)
 
 
 def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:

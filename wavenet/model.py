@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +16,7 @@ from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
 from wavenet.features import MelConfig, frame_window, frames_for
 from wavenet.layers import ResidualBlock, residual_loop
+from wavenet.whitening import Colouring, whiten, whitening_coefficients
 
 
 @dataclass
@@ -38,6 +40,10 @@ class WaveNetConfig:
         speaker_channels: size of the speaker embedding.
         mel: log-mel features for local conditioning (a vocoder); None is unconditioned.
         upsample_scales: the upsampler's stages; their product must equal mel.hop_length.
+        pre_emphasis: β of the filter 1 − β·z^-1 applied to the audio before it is modelled
+            (generation de-emphasizes); 0 is none. See `wavenet.whitening`.
+        lpc_order: vocoders: model the residual of a linear predictor of this order computed
+            from each mel frame (as LPCNet does), instead of the audio itself; 0 is none.
     """
 
     layers_per_cycle: int = 10
@@ -54,6 +60,8 @@ class WaveNetConfig:
     speaker_channels: int = 16
     mel: MelConfig | None = None
     upsample_scales: list[int] = field(default_factory=lambda: [4, 4, 4, 4])
+    pre_emphasis: float = 0.0
+    lpc_order: int = 0
 
     def __post_init__(self):
         k = "model."
@@ -73,6 +81,11 @@ class WaveNetConfig:
                           self.log_scale_min)  # validates output
         if isinstance(self.mel, dict):  # rebuilt from a checkpoint's plain dict
             self.mel = MelConfig(**self.mel)
+        checks.number(k + "pre_emphasis", self.pre_emphasis, 0, 1, hi_open=True)
+        checks.integer(k + "lpc_order", self.lpc_order, 0, 64)
+        if self.lpc_order and self.mel is None:
+            raise UserError(f"model.lpc_order={self.lpc_order} needs mel conditioning (a "
+                            "vocoder, e.g. experiment=vocoder): set model.lpc_order=0")
         if self.mel is not None and math.prod(self.upsample_scales) != self.mel.hop_length:
             raise UserError(f"model.upsample_scales={list(self.upsample_scales)} multiply to "
                             f"{math.prod(self.upsample_scales)}, but model.mel.hop_length is "
@@ -98,6 +111,11 @@ class WaveNetConfig:
         scales = list(self.upsample_scales)
         reach = sum((s + 1) * math.prod(scales[i + 1:]) for i, s in enumerate(scales))
         return -(-reach // self.mel.hop_length)
+
+    @property
+    def whitening_order(self) -> int:
+        """Taps of the whitening filter W(z) (0: the audio is modelled as it is)."""
+        return self.lpc_order + (self.pre_emphasis > 0)
 
     def distribution(self):
         return make_distribution(self.output, self.quantization_channels, self.mixtures,
@@ -170,6 +188,50 @@ class WaveNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def whitening(self, mel: torch.Tensor | None, first: int, length: int) -> torch.Tensor:
+        """W(z)'s coefficients (B or 1, q, length or 1) for samples first … first+length−1
+        of the utterance whose frames are `mel` (B, n_mels, F); see `wavenet.whitening`."""
+        cfg = self.cfg
+        if cfg.lpc_order and mel is None:
+            raise UserError("this vocoder models a linear-prediction residual: give mel "
+                            "features")
+        if cfg.lpc_order and cfg.mel.sample_rate is None:
+            raise UserError("the checkpoint's model.mel.sample_rate is not set: linear "
+                            "prediction needs it")
+        return whitening_coefficients(cfg.pre_emphasis, cfg.lpc_order, cfg.mel, mel, first,
+                                      length)
+
+    def encode_audio(self, audio: torch.Tensor, mel: torch.Tensor | None = None,
+                     mel_offset: int = 0, before: torch.Tensor | None = None) -> torch.Tensor:
+        """Audio (B, T) in [-1, 1] -> model values (B, T): whitened if the model whitens,
+        then encoded by the output distribution.
+
+        mel, mel_offset: the utterance's frames and where audio[:, 0] sits on their time axis.
+        before: (B, P) the audio before the stretch that the whitening filter reaches (a
+            crop's "before"); None is silence.
+        """
+        if not self.cfg.whitening_order:
+            return self.dist.encode(audio)
+        p = 0 if before is None else before.shape[1]
+        if p:
+            audio = torch.cat([before.to(audio), audio], dim=1)
+        w = self.whitening(mel, mel_offset - p, audio.shape[1]).to(audio.device)
+        return self.dist.encode(whiten(audio, w)[:, p:].clamp(-1, 1))
+
+    def audio_decoder(self, mel: torch.Tensor | None = None, batch: int = 1,
+                      history: np.ndarray | None = None):
+        """A function from generated values (B, n) to audio (B, n) float32 numpy, to be fed
+        the stretches of one generation in order from its first new sample (sample 0 of `mel`'s
+        utterance). history: (B, P) audio before it (a prime), or None for silence."""
+        def decode(values: torch.Tensor) -> np.ndarray:
+            return self.dist.decode(values.cpu()).numpy()
+
+        if not self.cfg.whitening_order:
+            return decode
+        colour = Colouring(lambda first, n: self.whitening(mel, first, n), batch,
+                           self.cfg.whitening_order, history)
+        return lambda values: colour(decode(values))
 
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
         """Model values (B, T) (classes, or amplitudes for "mol") -> (B, R, T)."""

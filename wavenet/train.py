@@ -234,7 +234,8 @@ class Stepper:
         over all processes), the gradient norm, and whether the step was taken."""
         state, cfg, model = self.state, self.cfg, self.state.model
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        x = model.dist.encode(batch["audio"])
+        mel_offset = int(batch["mel_offset"][0]) if "mel" in batch else 0
+        x = model.encode_audio(batch["audio"], batch.get("mel"), mel_offset, batch.get("before"))
         rf = model.receptive_field
         model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -242,7 +243,7 @@ class Stepper:
         with autocast:
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
             params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
-                                  mel_offset=int(batch["mel_offset"][0]) if "mel" in batch else 0,
+                                  mel_offset=mel_offset,
                                   first_output=rf - 1)
         loss = model.dist.nll(params, x[:, rf:])
         state.optimizer.zero_grad(set_to_none=True)
@@ -508,7 +509,7 @@ class Trainer:
             following = length // hop + self.job.model.mel_context_frames
             mel = file_frames(data.valid_cache, first, 0, following)[None].to(self.device)
         values = generate(model, length, generator=g, speaker=speaker, mel=mel)
-        audio = model.dist.decode(values[0].cpu()).numpy()
+        audio = model.audio_decoder(mel)(values[:1])[0]
         writer.add_audio("sample/audio", audio[None], self.step, sample_rate=data.sample_rate)
         writer.add_figure("sample/spectrogram", spectrogram_figure(audio, data.sample_rate),
                           self.step)

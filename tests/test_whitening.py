@@ -1,0 +1,131 @@
+"""Whitening (pre-emphasis and linear prediction from mel frames): the filter, its exact
+inverse in generation, and what it does to a model's values."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.signal
+import torch
+
+from wavenet.features import MelConfig, log_mel
+from wavenet.model import WaveNet, WaveNetConfig
+from wavenet.whitening import Colouring, levinson, lpc_from_log_mel, whiten
+
+RATE = 16000
+MEL = MelConfig(sample_rate=RATE)  # the vocoder preset's features
+
+
+def resonant(seconds: float, seed: int, poles=((700, 0.97), (2200, 0.95))) -> np.ndarray:
+    """White noise through two resonances (formants), with a pause: speech-like spectra."""
+    rng = np.random.default_rng(seed)
+    a = np.array([1.0])
+    for freq, radius in poles:
+        a = np.convolve(a, [1, -2 * radius * np.cos(2 * np.pi * freq / RATE), radius**2])
+    x = scipy.signal.lfilter([1.0], a, rng.standard_normal(int(seconds * RATE)))
+    x[len(x) // 3:len(x) // 2] *= 0.01
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+def vocoder(pre_emphasis: float, lpc_order: int) -> WaveNet:
+    return WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4,
+                                 gate_channels=4, skip_channels=4, mel=MEL,
+                                 pre_emphasis=pre_emphasis, lpc_order=lpc_order))
+
+
+def test_levinson_solves_the_normal_equations():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4000))
+    x = scipy.signal.lfilter([1.0], [1, -1.2, 0.8, -0.1], x)
+    r = np.stack([np.correlate(s, s, "full")[len(s) - 1:len(s) + 8] for s in x])  # (3, 9)
+    a = levinson(torch.from_numpy(r)[:, :, None])[:, :, 0].numpy()
+    for row, coeffs in zip(r, a, strict=True):
+        expected = scipy.linalg.solve_toeplitz(row[:-1], -row[1:])
+        np.testing.assert_allclose(coeffs, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_predictors_from_mel_frames_are_stable_and_take_most_of_the_energy():
+    x = resonant(1.0, seed=0)
+    mel = log_mel(x, RATE, MEL)[None]
+    a = lpc_from_log_mel(mel, MEL, 16)
+    assert a.shape == (1, 16, mel.shape[2])
+    for frame in a[0].T.double().numpy():
+        assert np.abs(np.roots(np.concatenate([[1.0], frame]))).max() < 1  # minimum phase
+    model = vocoder(0.0, 16)
+    e = whiten(torch.from_numpy(x)[None], model.whitening(mel, 0, len(x)))
+    loud = slice(0, len(x) // 3)
+    gain_db = 10 * np.log10(x[loud].var() / e[0, loud].var().item())
+    assert gain_db > 15  # the two resonances are predicted from the frames alone
+
+
+@pytest.mark.parametrize("pre_emphasis, lpc_order", [(0.85, 0), (0.0, 16), (0.85, 16)])
+def test_colouring_inverts_whitening_a_stretch_at_a_time(pre_emphasis, lpc_order):
+    audio = np.stack([resonant(0.5, seed=1), resonant(0.5, seed=2)])
+    mel = log_mel(audio, RATE, MEL)
+    model = vocoder(pre_emphasis, lpc_order)
+    w = model.whitening(mel, 0, audio.shape[1])
+    assert w.shape[1] == model.cfg.whitening_order == lpc_order + (pre_emphasis > 0)
+    e = whiten(torch.from_numpy(audio), w).numpy()
+    assert not np.allclose(e, audio, atol=1e-3)
+    colour = Colouring(lambda first, n: model.whitening(mel, first, n), 2,
+                       model.cfg.whitening_order)
+    # Stretches that split frames anywhere, shorter and longer than the filter.
+    cuts = [0, 3, 100, 256, 1000, 1001, 5000, audio.shape[1]]
+    rebuilt = np.concatenate([colour(e[:, lo:hi]) for lo, hi in zip(cuts, cuts[1:], strict=False)],
+                             axis=1)
+    np.testing.assert_allclose(rebuilt, audio, atol=1e-4)
+
+
+def test_pre_emphasis_is_the_first_order_filter_and_needs_no_mel():
+    model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, pre_emphasis=0.85))
+    audio = torch.tensor([[0.5, 0.25, -0.5, 0.0]])
+    e = whiten(audio, model.whitening(None, 0, 4))
+    np.testing.assert_allclose(e.numpy(), [[0.5, 0.25 - 0.425, -0.5 - 0.2125, 0.425]])
+    assert torch.equal(model.encode_audio(audio), model.dist.encode(e))
+    decoded = model.audio_decoder()(model.encode_audio(audio))
+    np.testing.assert_allclose(decoded, audio.numpy(), atol=0.02)  # 8-bit mu-law
+
+
+def test_a_crop_is_whitened_exactly_as_in_the_whole_file(tmp_path):
+    """Crops carry the samples before them that the filter reaches: their values are the whole
+    file's; without them, the first q differ."""
+    import soundfile as sf
+
+    from wavenet.audio import AudioConfig
+    from wavenet.data import Conditioning, CropDataset, file_item, open_cache
+
+    (tmp_path / "a").mkdir()
+    sf.write(tmp_path / "a" / "x.wav", resonant(0.5, seed=3), RATE)
+    model = vocoder(0.85, 16)
+    cache = open_cache(tmp_path / "a", AudioConfig(sample_rate=RATE, trim_db=None,
+                                                  normalize=None), tmp_path / "c", mel=MEL)
+    cond = Conditioning.for_model(model.cfg)
+    assert cond.history == model.cfg.whitening_order == 17
+    whole = file_item(cache, 0, cond)
+    values = model.encode_audio(whole["audio"][None], whole["mel"][None],
+                                int(whole["mel_offset"]), whole["before"][None])
+    crops = CropDataset(cache, [0], 2048, seed=0, cond=cond)
+    starts = set()
+    for i in range(8):
+        item, (_, start) = crops[i], crops.locate(i)
+        starts.add(start)
+        args = item["audio"][None], item["mel"][None], int(item["mel_offset"])
+        crop = model.encode_audio(*args, item["before"][None])
+        assert torch.equal(crop[0], values[0, start:start + crops.crop_length])
+        if start:
+            assert not torch.equal(model.encode_audio(*args)[0, :17], crop[0, :17])
+    assert len(starts) > 2
+    first = file_item(cache, 0, cond, 0, 2048)  # at the file's start: silence before it
+    assert not first["before"].any()
+    crop = model.encode_audio(first["audio"][None], first["mel"][None],
+                              int(first["mel_offset"]), first["before"][None])
+    assert torch.equal(crop[0], values[0, :2048])
+def test_a_continuation_is_coloured_from_the_primes_last_samples():
+    model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, pre_emphasis=0.85))
+    audio = torch.from_numpy(resonant(0.1, seed=4))[None]
+    values = model.encode_audio(audio)
+    whole = model.audio_decoder()(values)
+    cut = 300  # in the loud part
+    rest = model.audio_decoder(history=whole[:, :cut])(values[:, cut:])
+    np.testing.assert_allclose(rest, whole[:, cut:], atol=1e-5)
+    cold = model.audio_decoder()(values[:, cut:])
+    assert np.abs(cold - whole[:, cut:]).max() > 1e-2  # the history matters
