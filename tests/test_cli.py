@@ -126,6 +126,20 @@ def test_resume_refuses_a_different_model(tone_folder, tmp_path):
         train(bigger, tmp_path / "run")
 
 
+def test_a_checkpoint_from_before_new_model_keys_resumes(tone_folder, tmp_path):
+    """Keys added to the model config since (here whitening, and the mel rate) take their
+    defaults: an older run resumes without being taken for a different model."""
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=2)
+    path = train(compose_job("train", base), tmp_path / "run")
+    ckpt = checkpoint.load(path)
+    for key in ("pre_emphasis", "lpc_order"):
+        del ckpt["config"]["model"][key]
+    torch.save(ckpt, path)
+    resumed = train(compose_job("train", base + ["train.resume=auto", "train.max_steps=3",
+                                                 "train.resume_changes=allow"]), tmp_path / "run")
+    assert checkpoint.load(resumed)["step"] == 3
+
+
 def test_sample_with_prime_continues_the_recording(tone_folder, tmp_path):
     ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path)), tmp_path / "r")
     job = compose_job("sample", [f"checkpoint={ckpt}", "seconds=0.1",

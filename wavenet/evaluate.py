@@ -201,8 +201,7 @@ def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond:
     values = generate(model, max(frames) * hop, generator=generator, speaker=speaker,
                       mel=mel.to(device), temperature=temperature)
     audio = model.audio_decoder(mel.to(device), len(file_ids))(values)
-    ours = [x[:n * hop] for x, n in zip(audio, frames,
-                                        strict=True)]
+    ours = [x[:n * hop] for x, n in zip(audio, frames, strict=True)]
     references = [it["audio"].numpy() for it in items]
     baseline = [griffin_lim(it["mel"].numpy(), rate, model.cfg.mel, n * hop)
                 for it, n in zip(items, frames, strict=True)]

@@ -28,7 +28,7 @@ from wavenet.distributed import World
 from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
-from wavenet.model import WaveNet
+from wavenet.model import WaveNet, WaveNetConfig
 from wavenet.runtime import progress_bar, resolve_device, set_threads
 from wavenet.train_data import TrainData
 
@@ -189,7 +189,11 @@ def check_resumable(path: Path, ckpt: dict, job: TrainJob,
                     speakers: list[str] | None = None) -> None:
     """Refuse to resume a checkpoint into a different run (see FREE_ON_RESUME). Without
     `speakers` (before the data is read), what depends on the data is not checked yet."""
-    stored, requested = ckpt["config"]["model"], asdict(job.model)
+    # Through the dataclass, keys added since the checkpoint was written take their defaults.
+    stored = asdict(WaveNetConfig(**ckpt["config"]["model"]))
+    requested = asdict(job.model)
+    if stored["mel"] and requested["mel"] and stored["mel"]["sample_rate"] is None:
+        stored["mel"]["sample_rate"] = requested["mel"]["sample_rate"]  # not recorded before
     if speakers is None and not requested["n_speakers"]:  # sized from the data later
         requested["n_speakers"] = stored.get("n_speakers")
     if stored != requested:
