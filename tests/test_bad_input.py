@@ -220,6 +220,7 @@ def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
     ("vocoder", "model.mel.sample_rate=22050", "model.mel.sample_rate=22050 but "
      "data.audio.sample_rate=16000: leave the first unset"),
     ("evaluate", "temperature=-0.5", "temperature=-0.5: must be in [0, 100]"),
+    ("evaluate", "sample_streams=-1", "sample_streams=-1: must be an integer in 0..4096"),
     ("evaluate", "resynth_seconds=0", "resynth_seconds=0.0: must be in (0, 3600] or null"),
     ("sample", "temperature=-1", "temperature=-1.0: must be in [0, 100]"),
     ("sample", "n_samples=0", "n_samples=0: must be an integer in 1..65536"),

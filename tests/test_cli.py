@@ -152,10 +152,17 @@ def test_sample_with_prime_continues_the_recording(tone_folder, tmp_path):
 
 def test_evaluate_uses_the_checkpoint_split_by_default(tone_folder, tmp_path, capsys):
     ckpt = train(compose_job("train", tiny_train_overrides(tone_folder, tmp_path)), tmp_path / "r")
-    result = evaluate(compose_job("evaluate", [f"checkpoint={ckpt}"]), tmp_path / "ev")
+    result = evaluate(compose_job("evaluate", [f"checkpoint={ckpt}", "sample_seconds=0.5"]),
+                      tmp_path / "ev")
     assert result["files"] == 1 and result["split"] == "valid"
-    assert "bits/sample" in capsys.readouterr().out
-    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["step"] == 4
+    out = capsys.readouterr().out
+    assert "bits/sample" in out and "sample quality: Fréchet log-mel distance" in out
+    written = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert written["step"] == 4
+    # Four steps of training make noise: far from the tones, which are near each other.
+    quality = written["sample_quality"]
+    assert quality["streams"] == 4 and quality["frames"] == 4 * (4000 // 256 + 1)
+    assert quality["floor"] < quality["frechet_mel"] and quality["floor"] < quality["ceiling"]
 
 
 def test_broken_checkpoint_is_a_one_line_error(tmp_path):

@@ -46,3 +46,31 @@ def test_pesq_and_stoi_order_the_original_a_reconstruction_and_noise(speech):
     half = score_resyntheses([speech[::2]], [speech[::2]], 8000, MelConfig(n_fft=512,
                                                                            hop_length=128))
     assert half["pesq_wb"] > 4.0
+
+
+def notes(seconds: float, seed: int, detune: float = 0.0, hiss: float = 0.0,
+          rate: int = 16000) -> np.ndarray:
+    """Decaying harmonic notes at random pitches, like a piano; `detune` shifts every partial
+    by that fraction, `hiss` adds white noise at that fraction of the level."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * rate))
+    t = np.arange(rate // 4) / rate
+    for start in range(0, len(out) - len(t), len(t)):
+        f0 = 220 * 2 ** (rng.integers(0, 8) / 12) * (1 + detune)
+        note = sum(np.sin(2 * np.pi * f0 * h * t * (1 + detune * h)) / h for h in range(1, 6))
+        out[start:start + len(t)] += 0.3 * note * np.exp(-6 * t)
+    out += hiss * 0.3 * rng.standard_normal(len(out))
+    return out.astype(np.float32)
+
+
+def test_the_sample_quality_score_orders_noise_a_model_and_the_data():
+    from wavenet.quality import sample_quality
+
+    real = [notes(3.0, seed) for seed in range(4)]
+    close = [notes(2.0, 10 + seed, hiss=0.02) for seed in range(2)]  # a good model: same notes
+    poor = [notes(2.0, 20 + seed, detune=0.03, hiss=0.3) for seed in range(2)]
+    good, bad = sample_quality(close, real, 16000), sample_quality(poor, real, 16000)
+    same = sample_quality([notes(2.0, 30 + seed) for seed in range(2)], real, 16000)
+    assert good["floor"] == bad["floor"] and good["frames"] == bad["frames"] == 2 * 126
+    assert same["frechet_mel"] < good["frechet_mel"] < bad["frechet_mel"] < bad["ceiling"]
+    assert same["frechet_mel"] < 2 * same["floor"]  # the data itself scores near the floor

@@ -256,7 +256,12 @@ class EvaluateJob:
             log-mel features (copy synthesis); 0 skips it.
         resynth_seconds: re-synthesize only the start of each of those files; None: all of it.
         seed: seeds the copy-synthesis draws.
-        temperature: the copy synthesis' sampling temperature (see SampleJob).
+        temperature: the sampling temperature of the copy synthesis and of the samples.
+        sample_streams: models of audio (not vocoders): streams generated from silence (one
+            batch, fast path, seeded; multi-speaker models: the scored files' speakers in turn)
+            whose log-mel frames are compared with the scored audio's (`sample_quality` in the
+            results); 0 skips it.
+        sample_seconds: length of each of those streams.
         out: JSON file for the results; None writes evaluation.json in the Hydra run folder.
     """
 
@@ -268,6 +273,8 @@ class EvaluateJob:
     resynth_seconds: float | None = None
     seed: int = 0
     temperature: float = 1.0
+    sample_streams: int = 4
+    sample_seconds: float = 4.0
     use_ema: bool = True
     out: str | None = None
     device: str = "auto"
@@ -282,6 +289,8 @@ class EvaluateJob:
                       optional=True)
         checks.integer("seed", self.seed, 0, 2**63 - 1)
         checks.number("temperature", self.temperature, 0, 100)
+        checks.integer("sample_streams", self.sample_streams, 0, 4096)
+        checks.number("sample_seconds", self.sample_seconds, 0, 3600, lo_open=True)
         checks.device("device", self.device)
         checks.integer("threads", self.threads, 1, optional=True)
 

@@ -25,7 +25,12 @@ from wavenet.data import (
 from wavenet.errors import UserError
 from wavenet.generate import generate
 from wavenet.model import WaveNet
-from wavenet.quality import griffin_lim, score_resyntheses, speech_metrics_available
+from wavenet.quality import (
+    griffin_lim,
+    sample_quality,
+    score_resyntheses,
+    speech_metrics_available,
+)
 from wavenet.runtime import resolve_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -123,6 +128,10 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
                                                   job.resynth_seconds, job.seed,
                                                   job.temperature)
         result["mel_distance_db"] = result["copy_synthesis"]["wavenet"]["mel_distance_db"]
+    if mel is None and job.sample_streams:
+        result["sample_quality"] = free_running_quality(
+            model, cache, ids, cond, job.sample_streams, job.sample_seconds, job.seed,
+            job.temperature, max_samples)
     result.update(
         checkpoint=str(checkpoint.resolve(job.checkpoint)),
         step=ckpt["step"],
@@ -144,6 +153,12 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
           f"(gain {result['gain_bits']:.3f}); written to {out}")
     if "copy_synthesis" in result:
         print(copy_synthesis_table(result["copy_synthesis"]))
+    if "sample_quality" in result:
+        q = result["sample_quality"]
+        print(f"sample quality: Fréchet log-mel distance {q['frechet_mel']:,.0f} dB² of "
+              f"{q['streams']} × {q['seconds']:g} s generated at temperature {q['temperature']:g} "
+              f"(other audio of the same source: {q['floor']:,.0f}; white noise: "
+              f"{q['ceiling']:,.0f}; lower is better)")
     return result
 
 
@@ -209,3 +224,32 @@ def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond:
             "griffin_lim": score_resyntheses(references, baseline, rate, model.cfg.mel),
             "files": len(items), "seconds": sum(frames) * hop / rate,
             "temperature": temperature}
+
+
+@torch.no_grad()
+def free_running_quality(model: WaveNet, cache: AudioCache, file_ids: list[int],
+                         cond: Conditioning, streams: int, seconds: float, seed: int = 0,
+                         temperature: float = 1.0, max_samples: int | None = None) -> dict:
+    """Generate `streams` × `seconds` from silence and score their log-mel frames against
+    those of the scored files (`quality.sample_quality`): do the samples sound like the data?"""
+    rate = cache.sample_rate
+    speaker = None
+    if cond.speakers is not None:
+        voices = [cond.speakers[i] for i in file_ids]
+        speaker = torch.tensor([voices[k % len(voices)] for k in range(streams)])
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    length = max(1, int(seconds * rate))
+    values = generate(model, length, batch_size=streams, temperature=temperature,
+                      generator=generator, speaker=None if speaker is None
+                      else speaker.to(device))
+    ours = list(model.audio_decoder(None, streams)(values))
+    real, left = [], max_samples if max_samples is not None else sum(
+        cache.files[i].length for i in file_ids)
+    for i in file_ids:
+        if left <= 0:
+            break
+        real.append(cache.audio(i, 0, min(left, cache.files[i].length)))
+        left -= len(real[-1])
+    scores = sample_quality(ours, real, rate)
+    return {**scores, "streams": streams, "seconds": length / rate, "temperature": temperature}
