@@ -115,11 +115,12 @@ def whiten(audio: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, T) float32.
     """
-    s = audio.float()
-    padded = F.pad(s, (w.shape[1], 0))
+    s, w = audio.float(), w.to(audio.device)
+    q = w.shape[1]
+    padded = F.pad(s, (q, 0))
     e = s.clone()
-    for k in range(1, w.shape[1] + 1):
-        e = e + w[:, k - 1].to(s.device) * padded[:, w.shape[1] - k:padded.shape[1] - k]
+    for k in range(1, q + 1):
+        e = e + w[:, k - 1] * padded[:, q - k:padded.shape[1] - k]
     return e
 
 
