@@ -46,14 +46,12 @@ def machine_info() -> dict:
 
 @torch.no_grad()
 def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
-                    seconds: float = 3.0, steps: int | None = None,
-                    mel: torch.Tensor | None = None) -> float:
+                    seconds: float = 3.0, steps: int | None = None) -> float:
     """Samples/s (all streams together) of one generation method in steady state, sampling
     included, priming excluded. With `steps`, those steps timed once (for the slow naive path);
-    otherwise the best of three windows (`best_rate`). mel: (B, n_mels, F) frames for a vocoder
-    (past them, silence: the features are upsampled and projected all the same)."""
+    otherwise the best of three windows (`best_rate`)."""
     context = silence_context(model, batch)
-    loop = make_loop(model, context, mel=mel, method=method, threads=threads)
+    loop = make_loop(model, context, method=method, threads=threads)
     x = context[:, -1]
     noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,
                        generator=torch.Generator().manual_seed(0))

@@ -148,13 +148,12 @@ class TrainJob:
                 raise UserError(f"train.{key}={seconds:g} is less than one sample at {rate} Hz")
         mel = self.model.mel
         if mel is not None:
-            rate = self.data.audio.sample_rate
             if mel.sample_rate is None:
                 mel.sample_rate = rate
             elif mel.sample_rate != rate:
                 raise UserError(f"model.mel.sample_rate={mel.sample_rate} but "
                                 f"data.audio.sample_rate={rate}: leave the first unset")
-            nyquist = self.data.audio.sample_rate / 2
+            nyquist = rate / 2
             checks.number("model.mel.f_max", mel.f_max, mel.f_min, nyquist, lo_open=True,
                           optional=True, hint=f"half of data.audio.sample_rate is {nyquist:g}")
             checks.number("model.mel.f_min", mel.f_min, 0, nyquist, hi_open=True)

@@ -50,6 +50,9 @@ class MelConfig:
         checks.integer(k + "sample_rate", self.sample_rate, 1, optional=True)
 
 
+DB_PER_NEPER = 20.0 / np.log(10.0)  # a natural-log magnitude ratio in dB
+
+
 def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:
     """Log-mel spectrogram.
 
@@ -108,5 +111,5 @@ def log_mel_distance_db(reference, synthesized, sample_rate: int, cfg: MelConfig
     a = log_mel(reference, sample_rate, cfg)
     b = log_mel(synthesized, sample_rate, cfg)
     n = min(a.shape[-1], b.shape[-1])
-    diff_db = (a[..., :n] - b[..., :n]) * (20.0 / np.log(10.0))
+    diff_db = (a[..., :n] - b[..., :n]) * DB_PER_NEPER
     return float(diff_db.pow(2).mean(dim=-2).sqrt().mean())

@@ -80,15 +80,14 @@ def score_resyntheses(references: list[np.ndarray], estimates: list[np.ndarray],
 # Sample quality: how far generated audio's log-mel frames are from the data's, as a Fréchet
 # distance between Gaussians fitted to each (FAD's measure, on log-mels instead of a learned
 # embedding, so it needs no download).
-DB = 20.0 / np.log(10.0)  # natural-log magnitudes -> dB
 
 
 def mel_frames(clips: list[np.ndarray], sample_rate: int, cfg: MelConfig) -> np.ndarray:
     """Log-mel frames in dB of every clip (T,), stacked: (frames, n_mels) float64."""
-    from wavenet.features import log_mel
+    from wavenet.features import DB_PER_NEPER, log_mel
 
     return np.concatenate([log_mel(np.asarray(c, dtype=np.float32), sample_rate, cfg).numpy().T
-                           for c in clips]).astype(np.float64) * DB
+                           for c in clips]).astype(np.float64) * DB_PER_NEPER
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
