@@ -217,6 +217,13 @@ def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
     ("vocoder", "model.pre_emphasis=1", "model.pre_emphasis=1.0: must be in [0, 1)"),
     ("vocoder", "model.lpc_order=100", "model.lpc_order=100: must be an integer in 0..64"),
     ("train", "model.lpc_order=16", "model.lpc_order=16 needs mel conditioning"),
+    ("train", "model.excitation_rms=0.1", "model.excitation_rms=0.1 scales a linear predictor's "
+     "residual: set model.lpc_order too, or model.excitation_rms=0"),
+    ("train", "model.input=table", "model.input=table: use onehot, scalar, both"),
+    ("vocoder", "model.excitation_rms=2", "model.excitation_rms=2.0: must be in [0, 1]"),
+    ("vocoder", "model.cond_layers=-1", "model.cond_layers=-1: must be an integer in 0..64"),
+    ("vocoder", "model.cond_channels=0", "model.cond_channels=0: must be an integer in "
+     "1..8192"),
     ("vocoder", "model.mel.sample_rate=22050", "model.mel.sample_rate=22050 but "
      "data.audio.sample_rate=16000: leave the first unset"),
     ("evaluate", "temperature=-0.5", "temperature=-0.5: must be in [0, 100]"),

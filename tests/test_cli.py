@@ -132,7 +132,7 @@ def test_a_checkpoint_from_before_new_model_keys_resumes(tone_folder, tmp_path):
     base = tiny_train_overrides(tone_folder, tmp_path, steps=2)
     path = train(compose_job("train", base), tmp_path / "run")
     ckpt = checkpoint.load(path)
-    for key in ("pre_emphasis", "lpc_order"):
+    for key in ("pre_emphasis", "lpc_order", "excitation_rms", "cond_layers", "cond_channels"):
         del ckpt["config"]["model"][key]
     torch.save(ckpt, path)
     resumed = train(compose_job("train", base + ["train.resume=auto", "train.max_steps=3",
@@ -156,13 +156,14 @@ def test_evaluate_uses_the_checkpoint_split_by_default(tone_folder, tmp_path, ca
                       tmp_path / "ev")
     assert result["files"] == 1 and result["split"] == "valid"
     out = capsys.readouterr().out
-    assert "bits/sample" in out and "sample quality: Fréchet log-mel distance" in out
+    assert "bits/sample" in out and "× the real-data floor" in out
     written = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert written["step"] == 4
     # Four steps of training make noise: far from the tones, which are near each other.
     quality = written["sample_quality"]
     assert quality["streams"] == 4 and quality["frames"] == 4 * (4000 // 256 + 1)
     assert quality["floor"] < quality["frechet_mel"] and quality["floor"] < quality["ceiling"]
+    assert quality["ratio"] > 3 and quality["ceiling_ratio"] > 3
 
 
 def test_broken_checkpoint_is_a_one_line_error(tmp_path):

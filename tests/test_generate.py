@@ -28,6 +28,9 @@ VARIANTS = {
     "mol": {"output": "mol", "mixtures": 3},
     "speakers": {"n_speakers": 4, "speaker_channels": 3},
     "mel": {"mel": MEL, "upsample_scales": [2, 4]},
+    "mel-encoder-scalar": {"mel": MEL, "upsample_scales": [2, 4], "cond_layers": 2,
+                           "cond_channels": 4, "input": "scalar"},
+    "both-inputs": {"input": "both"},
     "all": {"output": "mol", "mixtures": 2, "kernel_size": 3, "n_speakers": 3, "mel": MEL,
             "upsample_scales": [8]},
 }

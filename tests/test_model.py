@@ -109,9 +109,12 @@ def test_training_path_equals_the_layer_by_layer_pass_with_gradients(variant, fi
         torch.testing.assert_close(cond_a, cond_b, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("scales", [[4, 4, 4, 4], [2, 4], [8], [3, 5], [2, 2, 2, 2, 2, 2]])
-def test_a_window_of_mel_features_equals_the_whole_utterances(scales, monkeypatch):
-    """The upsampler runs on only the frames a window of columns needs, plus
+@pytest.mark.parametrize("scales, cond_layers", [([4, 4, 4, 4], 0), ([2, 4], 0), ([8], 0),
+                                                 ([3, 5], 0), ([2, 2, 2, 2, 2, 2], 0),
+                                                 ([4, 4, 4, 4], 2), ([2, 4], 3)])
+def test_a_window_of_mel_features_equals_the_whole_utterances(scales, cond_layers,
+                                                             monkeypatch):
+    """The encoder and upsampler run on only the frames a window of columns needs, plus
     `mel_context_frames` on each side: that is enough, none is not, and for the vocoder preset's
     scales one fewer is not either (elsewhere the bound may be a frame generous)."""
     hop = math.prod(scales)
@@ -119,10 +122,11 @@ def test_a_window_of_mel_features_equals_the_whole_utterances(scales, monkeypatc
     model = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4,
                                   gate_channels=4, skip_channels=4, upsample_scales=scales,
                                   mel=MelConfig(n_fft=max(16, 2 * hop), hop_length=hop,
-                                                n_mels=3)))
+                                                n_mels=3), cond_layers=cond_layers,
+                                  cond_channels=5)).double()  # exact up to rounding
     for conv in model.upsampler.stages:  # far from a box filter: edges matter
         torch.nn.init.normal_(conv.weight)
-    mel = torch.randn(2, 3, 9)
+    mel = torch.randn(2, 3, 9, dtype=torch.float64)
     with torch.no_grad():
         # Column t predicts sample offset + t + 1; outside the 9 frames is silence.
         whole = model.mel_features(mel, -20 * hop - 1, 50 * hop)
@@ -131,8 +135,8 @@ def test_a_window_of_mel_features_equals_the_whole_utterances(scales, monkeypatc
         for offset, length in windows:
             column = offset + 20 * hop + 1
             torch.testing.assert_close(model.mel_features(mel, offset, length),
-                                       whole[:, :, column:column + length], rtol=1e-5,
-                                       atol=1e-6)
+                                       whole[:, :, column:column + length], rtol=1e-9,
+                                       atol=1e-10)
         enough = type(model.cfg).mel_context_frames.fget(model.cfg)
         for fewer in ([0, enough - 1] if scales == [4, 4, 4, 4] else [0]):
             monkeypatch.setattr(type(model.cfg), "mel_context_frames", fewer)

@@ -26,10 +26,11 @@ def resonant(seconds: float, seed: int, poles=((700, 0.97), (2200, 0.95))) -> np
     return (0.3 * x / np.abs(x).max()).astype(np.float32)
 
 
-def vocoder(pre_emphasis: float, lpc_order: int) -> WaveNet:
+def vocoder(pre_emphasis: float, lpc_order: int, excitation_rms: float = 0.0) -> WaveNet:
     return WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, residual_channels=4,
                                  gate_channels=4, skip_channels=4, mel=MEL,
-                                 pre_emphasis=pre_emphasis, lpc_order=lpc_order))
+                                 pre_emphasis=pre_emphasis, lpc_order=lpc_order,
+                                 excitation_rms=excitation_rms))
 
 
 def test_levinson_solves_the_normal_equations():
@@ -37,17 +38,20 @@ def test_levinson_solves_the_normal_equations():
     x = rng.standard_normal((3, 4000))
     x = scipy.signal.lfilter([1.0], [1, -1.2, 0.8, -0.1], x)
     r = np.stack([np.correlate(s, s, "full")[len(s) - 1:len(s) + 8] for s in x])  # (3, 9)
-    a = levinson(torch.from_numpy(r)[:, :, None])[:, :, 0].numpy()
+    a, error = levinson(torch.from_numpy(r)[:, :, None])
+    a, error = a[:, :, 0].numpy(), error[:, 0].numpy()
     for row, coeffs in zip(r, a, strict=True):
         expected = scipy.linalg.solve_toeplitz(row[:-1], -row[1:])
         np.testing.assert_allclose(coeffs, expected, rtol=1e-8, atol=1e-10)
+    # The error power is what the predictor leaves of r_0: r_0 + Σ a_k r_k.
+    np.testing.assert_allclose(error, r[:, 0] + (a * r[:, 1:]).sum(1), rtol=1e-8)
 
 
 def test_predictors_from_mel_frames_are_stable_and_take_most_of_the_energy():
     x = resonant(1.0, seed=0)
     mel = log_mel(x, RATE, MEL)[None]
-    a = lpc_from_log_mel(mel, MEL, 16)
-    assert a.shape == (1, 16, mel.shape[2])
+    a, rms = lpc_from_log_mel(mel, MEL, 16)
+    assert a.shape == (1, 16, mel.shape[2]) and rms.shape == (1, mel.shape[2])
     for frame in a[0].T.double().numpy():
         assert np.abs(np.roots(np.concatenate([[1.0], frame]))).max() < 1  # minimum phase
     model = vocoder(0.0, 16)
@@ -55,15 +59,38 @@ def test_predictors_from_mel_frames_are_stable_and_take_most_of_the_energy():
     loud = slice(0, len(x) // 3)
     gain_db = 10 * np.log10(x[loud].var() / e[0, loud].var().item())
     assert gain_db > 15  # the two resonances are predicted from the frames alone
+    # The expected error RMS is the residual's own, within 2 dB, from the frames alone.
+    frames = slice(4, len(x) // 3 // MEL.hop_length - 4)
+    true_rms = e[0, :len(x) // 3 // MEL.hop_length * MEL.hop_length].view(
+        -1, MEL.hop_length).square().mean(1).sqrt()
+    level_db = 20 * np.log10(true_rms[frames] / rms[0, frames])
+    assert np.abs(np.median(level_db.numpy())) < 2
 
 
-@pytest.mark.parametrize("pre_emphasis, lpc_order", [(0.85, 0), (0.0, 16), (0.85, 16)])
-def test_colouring_inverts_whitening_a_stretch_at_a_time(pre_emphasis, lpc_order):
+def test_a_normalized_excitation_is_at_the_same_level_in_speech_and_in_pauses():
+    x = resonant(1.0, seed=5)  # a pause at −40 dB from a third to half of it
+    mel = log_mel(x, RATE, MEL)[None]
+    plain = whiten(torch.from_numpy(x)[None], vocoder(0.85, 16).whitening(mel, 0, len(x)))[0]
+    scaled = whiten(torch.from_numpy(x)[None],
+                    vocoder(0.85, 16, 0.1).whitening(mel, 0, len(x)))[0]
+
+    def rms(e, lo, hi):
+        return e[int(lo * len(x)) + 512:int(hi * len(x)) - 512].square().mean().sqrt().item()
+
+    assert rms(plain, 0.34, 0.5) < rms(plain, 0, 0.33) / 30
+    for part in ((0, 0.33), (0.34, 0.5), (0.5, 1)):
+        assert 0.1 / 1.6 < rms(scaled, *part) < 0.1 * 1.6
+
+
+@pytest.mark.parametrize("pre_emphasis, lpc_order, excitation_rms",
+                         [(0.85, 0, 0), (0.0, 16, 0), (0.85, 16, 0), (0.85, 16, 0.1)])
+def test_colouring_inverts_whitening_a_stretch_at_a_time(pre_emphasis, lpc_order,
+                                                         excitation_rms):
     audio = np.stack([resonant(0.5, seed=1), resonant(0.5, seed=2)])
     mel = log_mel(audio, RATE, MEL)
-    model = vocoder(pre_emphasis, lpc_order)
+    model = vocoder(pre_emphasis, lpc_order, excitation_rms)
     w = model.whitening(mel, 0, audio.shape[1])
-    assert w.shape[1] == model.cfg.whitening_order == lpc_order + (pre_emphasis > 0)
+    assert w.w.shape[1] == model.cfg.whitening_order == lpc_order + (pre_emphasis > 0)
     e = whiten(torch.from_numpy(audio), w).numpy()
     assert not np.allclose(e, audio, atol=1e-3)
     colour = Colouring(lambda first, n: model.whitening(mel, first, n), 2,

@@ -169,7 +169,7 @@ class StraightforwardWaveNet(nn.Module):
     def same_weights_as(cls, model: WaveNet) -> StraightforwardWaveNet:
         """The straightforward network computing exactly `model`'s function."""
         plain = cls(model.cfg)
-        plain.embed.weight.copy_(model.embed.weight)
+        plain.embed.weight.copy_(model.input_table())
         g, r = model.cfg.gate_channels, model.cfg.residual_channels
         for ours, layer in zip(model.layers, plain.layers, strict=True):
             for part, rows in (("filter", slice(0, g)), ("gate", slice(g, 2 * g))):

@@ -162,7 +162,7 @@ class IncrementalStepper:
             self.in_w = model.input_proj.weight.detach()[:, 0, 0]  # (R,)
             self.in_b = model.input_proj.bias.detach()
         else:
-            self.embed = model.embed.weight.detach()  # (Q, R)
+            self.embed = model.input_table().detach()  # (Q, R)
         self.dilations = cfg.dilations
         self.conv_w, self.out_w, self.out_b = [], [], []
         for layer in model.layers:

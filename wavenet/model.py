@@ -16,7 +16,9 @@ from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
 from wavenet.features import MelConfig, frame_window, frames_for
 from wavenet.layers import ResidualBlock, residual_loop
-from wavenet.whitening import Colouring, whiten, whitening_coefficients
+from wavenet.whitening import Colouring, Filter, whiten, whitening_filter
+
+INPUTS = ("onehot", "scalar", "both")
 
 
 @dataclass
@@ -33,6 +35,10 @@ class WaveNetConfig:
         output: "mulaw" (softmax over quantization_channels mu-law classes, 8-bit by default)
             or "mol" (discretized mixture of logistics over 16-bit linear PCM).
         quantization_channels: mu-law classes (256 = 8 bits); "mulaw" only.
+        input: how a "mulaw" model reads its past samples: "onehot" (a learned vector per
+            class, the paper's one-hot input), "scalar" (the class's position in [-1, 1], the
+            mu-law amplitude, times a learned vector: neighbouring classes start alike) or
+            "both" (their sum). "mol" models read the amplitude.
         mixtures: logistic components; "mol" only.
         log_scale_min: floor of each logistic's log-scale; "mol" only.
         n_speakers: speakers of global conditioning; 0 is none. Training fills it in from the
@@ -44,6 +50,12 @@ class WaveNetConfig:
             (generation de-emphasizes); 0 is none. See `wavenet.whitening`.
         lpc_order: vocoders: model the residual of a linear predictor of this order computed
             from each mel frame (as LPCNet does), instead of the audio itself; 0 is none.
+        excitation_rms: with lpc_order: scale each frame's residual to this RMS, by the level
+            the predictor expects from the frame; 0 leaves it as it is.
+        cond_layers: vocoders: convolutions (3 frames wide, each with a residual connection)
+            that turn the log-mel frames into features before upsampling: a frame of context
+            on each side per layer; 0 upsamples the frames as they are.
+        cond_channels: features those convolutions add to the frames.
     """
 
     layers_per_cycle: int = 10
@@ -54,6 +66,7 @@ class WaveNetConfig:
     skip_channels: int = 256
     output: str = "mulaw"
     quantization_channels: int = 256
+    input: str = "onehot"
     mixtures: int = 10
     log_scale_min: float = -7.0
     n_speakers: int = 0
@@ -62,6 +75,9 @@ class WaveNetConfig:
     upsample_scales: list[int] = field(default_factory=lambda: [4, 4, 4, 4])
     pre_emphasis: float = 0.0
     lpc_order: int = 0
+    excitation_rms: float = 0.0
+    cond_layers: int = 0
+    cond_channels: int = 64
 
     def __post_init__(self):
         k = "model."
@@ -75,6 +91,7 @@ class WaveNetConfig:
         if self.kernel_size not in (2, 3):
             raise UserError(f"model.kernel_size={self.kernel_size}: use 2 or 3")
         checks.integer(k + "quantization_channels", self.quantization_channels, 2, 65536)
+        checks.choice(k + "input", self.input, INPUTS)
         for i, scale in enumerate(self.upsample_scales):
             checks.integer(f"{k}upsample_scales[{i}]", scale, 1, 65536)
         make_distribution(self.output, self.quantization_channels, self.mixtures,
@@ -83,6 +100,13 @@ class WaveNetConfig:
             self.mel = MelConfig(**self.mel)
         checks.number(k + "pre_emphasis", self.pre_emphasis, 0, 1, hi_open=True)
         checks.integer(k + "lpc_order", self.lpc_order, 0, 64)
+        checks.number(k + "excitation_rms", self.excitation_rms, 0, 1)
+        if self.excitation_rms and not self.lpc_order:
+            raise UserError(f"model.excitation_rms={self.excitation_rms:g} scales a linear "
+                            "predictor's residual: set model.lpc_order too, or "
+                            "model.excitation_rms=0")
+        checks.integer(k + "cond_layers", self.cond_layers, 0, 64)
+        checks.integer(k + "cond_channels", self.cond_channels, 1, 8192)
         if self.lpc_order and self.mel is None:
             raise UserError(f"model.lpc_order={self.lpc_order} needs mel conditioning (a "
                             "vocoder, e.g. experiment=vocoder): set model.lpc_order=0")
@@ -110,7 +134,7 @@ class WaveNetConfig:
             return 0
         scales = list(self.upsample_scales)
         reach = sum((s + 1) * math.prod(scales[i + 1:]) for i, s in enumerate(scales))
-        return -(-reach // self.mel.hop_length)
+        return -(-reach // self.mel.hop_length) + self.cond_layers  # one per 3-frame conv
 
     @property
     def whitening_order(self) -> int:
@@ -122,30 +146,57 @@ class WaveNetConfig:
                                  self.log_scale_min)
 
 
-class MelUpsampler(nn.Module):
-    """Log-mel frames -> one feature vector per sample, by learned interpolation.
+class MelEncoder(nn.Module):
+    """Log-mel frames -> frame features, the input of the upsampler.
 
-    Log-mels span [log(log_floor), ~0]; they are first mapped affinely to about [-1, 1]. Each
-    stage then repeats every step `scale` times and smooths each band with its own width-(2s+1)
-    filter, initialized to a moving average. There is no channel mixing and no nonlinearity:
-    the features stay at their input scale, and mixing is left to the per-layer projections
-    (a channel-mixing upsampler let the conditioning grow a hundredfold in a few hundred Adam
-    steps and saturate every gate). Output length = frames · prod(scales).
+    Log-mels span [log(log_floor), ~0]; they are first mapped affinely to about [-1, 1]. With
+    `layers`, a linear projection to `channels` follows, then that many 3-frame convolutions,
+    each adding tanh of its output to its input: frame context and nonlinear features (where
+    the pitch is, voiced or not) at the frame rate, which costs 1/hop of a per-sample layer.
+    The tanh bounds what each layer adds, so the conditioning cannot grow without bound.
     """
 
-    def __init__(self, n_mels: int, scales: list[int], log_floor: float):
+    def __init__(self, n_mels: int, log_floor: float, layers: int = 0, channels: int = 64):
         super().__init__()
         self.centre = math.log(log_floor) / 2
+        self.out_channels = channels if layers else n_mels
+        if layers:
+            self.proj = nn.Conv1d(n_mels, channels, 1)
+            self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=1)
+                                       for _ in range(layers))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: (B, n_mels, F) -> (B, out_channels, F)."""
+        h = (mel - self.centre) / -self.centre
+        if not hasattr(self, "convs"):
+            return h
+        h = self.proj(h)
+        for conv in self.convs:
+            h = h + torch.tanh(conv(h))
+        return h
+
+
+class MelUpsampler(nn.Module):
+    """Frame features -> one feature vector per sample, by learned interpolation.
+
+    Each stage repeats every step `scale` times and smooths each channel with its own
+    width-(2s+1) filter, initialized to a moving average. There is no channel mixing and no
+    nonlinearity: the features stay at their input scale, and mixing is left to the per-layer
+    projections (a channel-mixing upsampler let the conditioning grow a hundredfold in a few
+    hundred Adam steps and saturate every gate). Output length = frames · prod(scales).
+    """
+
+    def __init__(self, channels: int, scales: list[int]):
+        super().__init__()
         self.scales = list(scales)
         self.stages = nn.ModuleList(
-            nn.Conv1d(n_mels, n_mels, 2 * s + 1, padding=s, groups=n_mels, bias=False)
+            nn.Conv1d(channels, channels, 2 * s + 1, padding=s, groups=channels, bias=False)
             for s in self.scales)
         for conv in self.stages:
             nn.init.constant_(conv.weight, 1.0 / conv.kernel_size[0])
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel: (B, n_mels, F) -> (B, n_mels, F · prod(scales))."""
-        h = (mel - self.centre) / -self.centre
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (B, C, F) -> (B, C, F · prod(scales))."""
         for scale, conv in zip(self.scales, self.stages, strict=True):
             h = conv(h.repeat_interleave(scale, dim=2))
         return h
@@ -163,9 +214,9 @@ class WaveNet(nn.Module):
         self.cfg = cfg
         self.dist = cfg.distribution()
         r, g = cfg.residual_channels, cfg.gate_channels
-        if self.dist.continuous_input:
+        if self.dist.continuous_input or cfg.input != "onehot":
             self.input_proj = nn.Conv1d(1, r, 1)
-        else:
+        if not self.dist.continuous_input and cfg.input != "scalar":
             self.embed = nn.Embedding(cfg.quantization_channels, r)
         self.layers = nn.ModuleList(
             ResidualBlock(r, g, cfg.skip_channels, cfg.kernel_size, d) for d in cfg.dilations)
@@ -175,8 +226,11 @@ class WaveNet(nn.Module):
             self.speaker_embed = nn.Embedding(cfg.n_speakers, cfg.speaker_channels)
             self.speaker_proj = nn.Linear(cfg.speaker_channels, n_layers * 2 * g, bias=False)
         if cfg.mel is not None:
-            self.upsampler = MelUpsampler(cfg.mel.n_mels, cfg.upsample_scales, cfg.mel.log_floor)
-            self.mel_proj = nn.Conv1d(cfg.mel.n_mels, n_layers * 2 * g, 1, bias=False)
+            self.mel_encoder = MelEncoder(cfg.mel.n_mels, cfg.mel.log_floor, cfg.cond_layers,
+                                          cfg.cond_channels)
+            features = self.mel_encoder.out_channels
+            self.upsampler = MelUpsampler(features, cfg.upsample_scales)
+            self.mel_proj = nn.Conv1d(features, n_layers * 2 * g, 1, bias=False)
         self.head1 = nn.Conv1d(cfg.skip_channels, cfg.skip_channels, 1)
         self.head2 = nn.Conv1d(cfg.skip_channels, self.dist.num_params, 1)
         # Summing many skips grows their scale with depth; this keeps it fixed.
@@ -189,9 +243,9 @@ class WaveNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def whitening(self, mel: torch.Tensor | None, first: int, length: int) -> torch.Tensor:
-        """W(z)'s coefficients (B or 1, q, length or 1) for samples first … first+length−1
-        of the utterance whose frames are `mel` (B, n_mels, F); see `wavenet.whitening`."""
+    def whitening(self, mel: torch.Tensor | None, first: int, length: int) -> Filter:
+        """The whitening filter of samples first … first+length−1 of the utterance whose
+        frames are `mel` (B, n_mels, F); see `wavenet.whitening`."""
         cfg = self.cfg
         if cfg.lpc_order and mel is None:
             raise UserError("this vocoder models a linear-prediction residual: give mel "
@@ -199,8 +253,8 @@ class WaveNet(nn.Module):
         if cfg.lpc_order and cfg.mel.sample_rate is None:
             raise UserError("the checkpoint's model.mel.sample_rate is not set: linear "
                             "prediction needs it")
-        return whitening_coefficients(cfg.pre_emphasis, cfg.lpc_order, cfg.mel, mel, first,
-                                      length)
+        return whitening_filter(cfg.pre_emphasis, cfg.lpc_order, cfg.excitation_rms, cfg.mel,
+                                mel, first, length)
 
     def encode_audio(self, audio: torch.Tensor, mel: torch.Tensor | None = None,
                      mel_offset: int = 0, before: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,8 +270,8 @@ class WaveNet(nn.Module):
         p = 0 if before is None else before.shape[1]
         if p:
             audio = torch.cat([before.to(audio), audio], dim=1)
-        w = self.whitening(mel, mel_offset - p, audio.shape[1]).to(audio.device)
-        return self.dist.encode(whiten(audio, w)[:, p:].clamp(-1, 1))
+        filt = self.whitening(mel, mel_offset - p, audio.shape[1])
+        return self.dist.encode(whiten(audio, filt)[:, p:].clamp(-1, 1))
 
     def audio_decoder(self, mel: torch.Tensor | None = None, batch: int = 1,
                       history: np.ndarray | None = None):
@@ -233,11 +287,20 @@ class WaveNet(nn.Module):
                            self.cfg.whitening_order, history)
         return lambda values: colour(decode(values))
 
+    def input_table(self) -> torch.Tensor:
+        """(Q, R): the input vector of each class ("mulaw"); one lookup in every path."""
+        if self.cfg.input == "onehot":
+            return self.embed.weight
+        levels = self.cfg.quantization_channels
+        position = torch.linspace(-1.0, 1.0, levels, device=self.input_proj.weight.device)
+        table = self.input_proj(position.to(self.input_proj.weight.dtype)[None, None])[0].t()
+        return table if self.cfg.input == "scalar" else table + self.embed.weight
+
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
         """Model values (B, T) (classes, or amplitudes for "mol") -> (B, R, T)."""
         if self.dist.continuous_input:
             return self.input_proj(x[:, None].to(self.input_proj.weight.dtype))
-        return self.embed(x).transpose(1, 2)
+        return F.embedding(x, self.input_table()).transpose(1, 2)
 
     def head(self, skip: torch.Tensor) -> torch.Tensor:
         """Summed skips (B, S, T) -> distribution parameters (B, P, T)."""
@@ -292,12 +355,12 @@ class WaveNet(nn.Module):
         Args:
             mel: (B, n_mels, F) natural-log mel magnitudes.
         Returns:
-            (B, n_mels, length).
+            (B, features, length).
         """
         hop = self.cfg.mel.hop_length
         first = offset + 1  # the first sample the columns predict
         lo, hi = frames_for(first, offset + length, hop, self.cfg.mel_context_frames)
-        up = self.upsampler(frame_window(mel, lo, hi, self.cfg.mel.log_floor))
+        up = self.upsampler(self.mel_encoder(frame_window(mel, lo, hi, self.cfg.mel.log_floor)))
         start = first - lo * hop
         return up[:, :, start:start + length]
 

@@ -8,6 +8,12 @@ the spectral tilt instead of filling the valleys between them with white hiss. T
 job becomes the excitation (pitch pulses and noise), which is far easier to learn than the
 waveform: the predictor takes 20–26 dB of the bundled speech's energy before any training.
 
+The predictor's error power also says how loud each frame's excitation is. With a target
+level κ (`WaveNetConfig.excitation_rms`), the model's values are e / g with g = σ_e / κ, σ_e
+that frame's predicted excitation RMS: every frame, loud or quiet, speech or pause, then asks
+the model for the same thing (the excitation's shape at RMS about κ), and the mel alone sets
+its level, pauses included.
+
 All filters are causal and start from silence: sample t of a stretch uses that stretch's
 samples before t only, and frame j's predictor covers samples j·hop … (j+1)·hop − 1 (the
 alignment `WaveNet.mel_features` uses).
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,8 +47,19 @@ def _inverse_filterbank(n_fft: int, n_mels: int, f_min: float, f_max: float | No
     return torch.linalg.pinv(bank.double().t())
 
 
+class Filter(NamedTuple):
+    """The whitening filter of a stretch of samples: model value = (W(z)·s) / gain.
+
+    w: (B or 1, q, T or 1) w_1 … w_q of W(z) = 1 + Σ w_k z^-k per sample;
+    gain: (B or 1, 1, T or 1) divisor per sample (ones when the excitation is not normalized).
+    """
+
+    w: torch.Tensor
+    gain: torch.Tensor
+
+
 def lpc_from_log_mel(mel: torch.Tensor, cfg: MelConfig, order: int,
-                     pre_emphasis: float = 0.0) -> torch.Tensor:
+                     pre_emphasis: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear-prediction coefficients of the spectrum each frame describes.
 
     The mel magnitudes are mapped back to linear frequencies (the filterbank's pseudo-inverse),
@@ -51,7 +69,9 @@ def lpc_from_log_mel(mel: torch.Tensor, cfg: MelConfig, order: int,
     Args:
         mel: (B, n_mels, F) natural-log mel magnitudes (`features.log_mel`).
     Returns:
-        (B, order, F) float32 a_1 … a_order of A(z) = 1 + Σ a_k z^-k, minimum phase.
+        (B, order, F) float32 a_1 … a_order of A(z) = 1 + Σ a_k z^-k, minimum phase, and
+        (B, F) float32 the RMS of the (pre-emphasized) frame's prediction error: the power left
+        after prediction, per sample of the analysis window.
     """
     inverse = _inverse_filterbank(cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.sample_rate)
     magnitude = torch.einsum("fm,bmt->bft", inverse.to(mel.device), mel.double().exp())
@@ -64,12 +84,16 @@ def lpc_from_log_mel(mel: torch.Tensor, cfg: MelConfig, order: int,
     lags = torch.arange(order + 1, dtype=torch.float64, device=mel.device)
     r = r * torch.exp(-0.5 * (2 * math.pi * LAG_WINDOW_HZ * lags / cfg.sample_rate) ** 2)[:, None]
     r[:, 0] = r[:, 0] * (1 + NOISE_FLOOR) + 1e-12
-    return levinson(r).float()
+    a, error = levinson(r)
+    # r_0 = Σ_n (window_n · s_n)² (Parseval), so power per sample divides by Σ window².
+    window = torch.hann_window(cfg.win_length or cfg.n_fft, dtype=torch.float64)
+    return a.float(), (error / window.square().sum()).sqrt().float()
 
 
-def levinson(r: torch.Tensor) -> torch.Tensor:
+def levinson(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Levinson-Durbin recursion: autocorrelations (B, p+1, F) -> a_1 … a_p (B, p, F) of the
-    minimum-phase predictor A(z) = 1 + Σ a_k z^-k, for every (B, F) at once."""
+    minimum-phase predictor A(z) = 1 + Σ a_k z^-k, and the prediction error power (B, F), for
+    every (B, F) at once."""
     order = r.shape[1] - 1
     a = r.new_zeros(r.shape[0], order, r.shape[2])
     error = r[:, 0]
@@ -80,59 +104,65 @@ def levinson(r: torch.Tensor) -> torch.Tensor:
         a[:, :i] = a_prev + k[:, None] * a_prev.flip(1)
         a[:, i] = k
         error = error * (1 - k * k)
-    return a
+    return a, error
 
 
-def whitening_coefficients(pre_emphasis: float, lpc_order: int, mel_cfg: MelConfig | None,
-                           mel: torch.Tensor | None, first: int, length: int) -> torch.Tensor:
-    """w_1 … w_q of W(z) for each of samples first … first + length − 1 of the utterance.
+def whitening_filter(pre_emphasis: float, lpc_order: int, excitation_rms: float,
+                     mel_cfg: MelConfig | None, mel: torch.Tensor | None, first: int,
+                     length: int) -> Filter:
+    """W(z) and the gain for each of samples first … first + length − 1 of the utterance.
 
     Args:
+        excitation_rms: κ, the level each frame's excitation is scaled to (0: not scaled;
+            needs lpc_order > 0).
         mel: (B, n_mels, F) frames of the utterance (needed when lpc_order > 0); frames outside
             them are silence.
     Returns:
-        (B, q, length), or (1, q, 1) when the filter is the same for every sample.
+        w (B, q, length) and gain (B, 1, length), or (1, ·, 1) when the filter is the same for
+        every sample.
     """
     emphasis = torch.tensor([[[-pre_emphasis]]])
     if not lpc_order:
-        return emphasis
+        return Filter(emphasis, torch.ones(1, 1, 1))
     hop = mel_cfg.hop_length
     lo, hi = frames_for(first, first + length - 1, hop, 0)
     frames = frame_window(mel, lo, hi, mel_cfg.log_floor)
-    a = lpc_from_log_mel(frames, mel_cfg, lpc_order, pre_emphasis)  # (B, p, frames)
+    a, rms = lpc_from_log_mel(frames, mel_cfg, lpc_order, pre_emphasis)  # (B, p, frames)
     if pre_emphasis:  # W(z) = A(z)·(1 − β z^-1)
         a = F.pad(a, (0, 0, 0, 1)) - pre_emphasis * F.pad(a, (0, 0, 1, 0))
         a[:, 0] -= pre_emphasis
+    gain = (rms / excitation_rms if excitation_rms else torch.ones_like(rms))[:, None]
     start = first - lo * hop
-    return a.repeat_interleave(hop, dim=2)[:, :, start:start + length]
+    return Filter(*(x.repeat_interleave(hop, dim=2)[:, :, start:start + length]
+                    for x in (a, gain)))
 
 
-def whiten(audio: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """e_t = s_t + Σ_k w_k(t)·s_{t−k}, silence before the stretch.
+def whiten(audio: torch.Tensor, filt: Filter) -> torch.Tensor:
+    """e_t = (s_t + Σ_k w_k(t)·s_{t−k}) / gain_t, silence before the stretch.
 
     Args:
-        audio: (B, T) float; w: (B or 1, q, T or 1) from `whitening_coefficients`.
+        audio: (B, T) float; filt: from `whitening_filter`.
     Returns:
         (B, T) float32.
     """
-    s, w = audio.float(), w.to(audio.device)
+    s, w = audio.float(), filt.w.to(audio.device)
     q = w.shape[1]
     padded = F.pad(s, (q, 0))
     e = s.clone()
     for k in range(1, q + 1):
         e = e + w[:, k - 1] * padded[:, q - k:padded.shape[1] - k]
-    return e
+    return e / filt.gain[:, 0].to(audio.device)
 
 
 class Colouring:
-    """The inverse of `whiten`, a stretch at a time: s_t = e_t − Σ_k w_k(t)·s_{t−k}.
+    """The inverse of `whiten`, a stretch at a time: s_t = gain_t·e_t − Σ_k w_k(t)·s_{t−k}.
 
     It holds the last q samples of each stream and the position in the utterance, so that
     generated excitation can be turned into audio as it arrives (streaming, progress).
 
     Args:
-        coefficients: f(first, length) -> (B or 1, q, length or 1), the whitening filter of
-            those samples (`WaveNet.whitening` bound to the utterance).
+        coefficients: f(first, length) -> `Filter`, the whitening filter of those samples
+            (`WaveNet.whitening` bound to the utterance).
         history: (B, P) audio before the first sample (e.g. a prime), or None for silence.
     """
 
@@ -150,7 +180,9 @@ class Colouring:
         e = np.asarray(excitation, dtype=np.float64)
         n = e.shape[1]
         out = np.empty_like(e)
-        w = self.coefficients(self.t, n).double().cpu().numpy()  # (B|1, q, n|1)
+        filt = self.coefficients(self.t, n)
+        w = filt.w.double().cpu().numpy()  # (B|1, q, n|1)
+        e = e * filt.gain[:, 0].double().cpu().numpy()
         # Runs of samples that share one filter (a whole frame, or everything) are filtered
         # together; the filter's memory carries over between runs.
         changes = [0] if w.shape[2] == 1 else [0, *np.flatnonzero(
