@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-vocoder test test-all lint bench demo-data clean
+.PHONY: help install demo demo-vocoder test test-all lint bench quality demo-data clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ lint: $(STAMP) ## ruff
 
 bench: $(STAMP) ## generation and training speed of model=small and model=base (table + JSON)
 	$(BIN)/wavenet-bench out=outputs/bench.json
+
+quality: $(STAMP) ## recipes trained 3/6/12 min on the bundled piano and speech: held-out bits and sample quality (about 90 min)
+	$(BIN)/wavenet-quality --out outputs/quality
 
 demo-data: ## regenerate data/demo (needs Debian's fluidsynth, fluid-soundfont-gm, flite, festival)
 	apt-get install -y fluidsynth fluid-soundfont-gm flite festival festvox-kdlpc16k

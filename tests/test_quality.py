@@ -1,4 +1,4 @@
-"""The vocoder's yardsticks: Griffin-Lim from the same mel, PESQ-WB and STOI."""
+"""The yardsticks: Griffin-Lim from the same mel, PESQ-WB and STOI, and the sample-quality score."""
 
 from __future__ import annotations
 
@@ -63,14 +63,48 @@ def notes(seconds: float, seed: int, detune: float = 0.0, hiss: float = 0.0,
     return out.astype(np.float32)
 
 
+def envelope_noise(clip: np.ndarray, seed: int, smooth_hz: float = 500.0,
+                   rate: int = 16000) -> np.ndarray:
+    """Noise with each frame's spectral envelope and no harmonics: the clip's STFT magnitudes
+    averaged over `smooth_hz` (wider than the notes' harmonic spacing), with random phases."""
+    from scipy.signal import istft, stft
+
+    rng = np.random.default_rng(seed)
+    spectrum = stft(clip, nperseg=1024, noverlap=768)[2]  # (513, frames)
+    width = int(smooth_hz * 1024 / rate)
+    envelope = np.apply_along_axis(np.convolve, 0, np.abs(spectrum), np.ones(width) / width,
+                                   mode="same")
+    phases = np.exp(2j * np.pi * rng.random(spectrum.shape))
+    return istft(envelope * phases, nperseg=1024, noverlap=768)[1][: len(clip)].astype(
+        np.float32)
+
+
 def test_the_sample_quality_score_orders_noise_a_model_and_the_data():
     from wavenet.quality import sample_quality
 
-    real = [notes(3.0, seed) for seed in range(4)]
-    close = [notes(2.0, 10 + seed, hiss=0.02) for seed in range(2)]  # a good model: same notes
-    poor = [notes(2.0, 20 + seed, detune=0.03, hiss=0.3) for seed in range(2)]
-    good, bad = sample_quality(close, real, 16000), sample_quality(poor, real, 16000)
-    same = sample_quality([notes(2.0, 30 + seed) for seed in range(2)], real, 16000)
-    assert good["floor"] == bad["floor"] and good["frames"] == bad["frames"] == 2 * 126
-    assert same["frechet_mel"] < good["frechet_mel"] < bad["frechet_mel"] < bad["ceiling"]
-    assert same["frechet_mel"] < 2 * same["floor"]  # the data itself scores near the floor
+    real = [notes(1.0, seed, hiss=0.01) for seed in range(8)]
+    same = [notes(1.0, 30 + seed, hiss=0.01) for seed in range(4)]  # a perfect model
+    close = [notes(1.0, 10 + seed, hiss=0.02) for seed in range(4)]  # more hiss
+    poor = [notes(1.0, 20 + seed, detune=0.03, hiss=0.3) for seed in range(4)]
+    shaped = [envelope_noise(clip, seed) for seed, clip in enumerate(same)]
+    ours, good, bad, noise = (sample_quality(g, real, 16000) for g in (same, close, poor, shaped))
+    # The floor and the ceiling depend on the generated frames' count only, not their content.
+    assert ours["floor"] == noise["floor"] and ours["ceiling_ratio"] == noise["ceiling_ratio"]
+    assert ours["frames"] == noise["frames"] == 4 * 63
+    assert ours["ratio"] < 2.0  # the data itself scores near the floor (measured 1.0)
+    assert ours["ratio"] < good["ratio"] < bad["ratio"] < bad["ceiling_ratio"]  # 28, 577, 1087
+    # Noise with the notes' envelope fools the log-mel term alone, not the tonal ones.
+    assert noise["ratio_mel"] < 10.0 < min(noise["ratio_flatness"], noise["ratio_periodicity"])
+    assert 3.0 < noise["ratio"] < noise["ceiling_ratio"]  # measured 937 < 1087
+    assert sample_quality(same, real, 16000) == ours  # seeded
+
+
+def test_the_sample_quality_score_needs_a_few_real_frames():
+    from wavenet.errors import UserError
+    from wavenet.quality import sample_quality
+
+    with pytest.raises(UserError, match="4 or more real"):
+        sample_quality([notes(1.0, 0)], [notes(0.01, 1)], 16000)
+    # Real audio shorter than the generated: each side takes half of it.
+    short = sample_quality([notes(1.0, 0)], [notes(0.5, 1), notes(0.5, 2)], 16000)
+    assert short["frames"] == 63 and short["floor"] > 0

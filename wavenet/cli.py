@@ -325,6 +325,33 @@ def _bench(cfg: DictConfig):
     return bench(job, {name: model_config(name) for name in job.models}, run_dir(), vocoder)
 
 
+def quality_main(argv: list[str] | None = None) -> None:
+    """`make quality`: each recipe of `wavenet.recipes` trained for each budget on each bundled
+    corpus, scored on held-out audio; a Markdown table on stdout and JSON beside the runs."""
+    import argparse
+
+    from wavenet.recipes import CORPORA, RECIPES, Run, budget_overrides, format_table, run_all
+
+    parser = argparse.ArgumentParser(prog="wavenet-quality", description=quality_main.__doc__)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[3, 6, 12])
+    parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="outputs/quality")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        register_configs()
+        runs = [Run(corpus, recipe, minutes, compose("train", [
+                    CORPORA[corpus], *RECIPES[recipe], *budget_overrides(minutes, args.threads)]))
+                for corpus in args.corpora for minutes in args.minutes for recipe in args.recipes]
+        report = run_all(runs, Path(args.out))
+    except UserError as err:
+        _fail(str(err))
+    print(format_table(report))
+    print(f"written to {Path(args.out) / 'quality.json'}")
+
+
 train_main = _entry("train", _train)
 sample_main = _entry("sample", _sample)
 evaluate_main = _entry("evaluate", _evaluate)

@@ -258,8 +258,8 @@ class EvaluateJob:
         temperature: the sampling temperature of the copy synthesis and of the samples.
         sample_streams: models of audio (not vocoders): streams generated from silence (one
             batch, fast path, seeded; multi-speaker models: the scored files' speakers in turn)
-            whose log-mel frames are compared with the scored audio's (`sample_quality` in the
-            results); 0 skips it.
+            whose frames (log-mel spectrum, band flatness, pitch) are compared with the scored
+            audio's (`sample_quality` in the results); 0 skips it.
         sample_seconds: length of each of those streams.
         out: JSON file for the results; None writes evaluation.json in the Hydra run folder.
     """

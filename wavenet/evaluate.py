@@ -155,10 +155,11 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
         print(copy_synthesis_table(result["copy_synthesis"]))
     if "sample_quality" in result:
         q = result["sample_quality"]
-        print(f"sample quality: Fréchet log-mel distance {q['frechet_mel']:,.0f} dB² of "
-              f"{q['streams']} × {q['seconds']:g} s generated at temperature {q['temperature']:g} "
-              f"(other audio of the same source: {q['floor']:,.0f}; white noise: "
-              f"{q['ceiling']:,.0f}; lower is better)")
+        print(f"sample quality of {q['streams']} × {q['seconds']:g} s generated at temperature "
+              f"{q['temperature']:g}: {q['ratio']:.1f}× the real-data floor (log-mel "
+              f"{q['ratio_mel']:.1f}×, band flatness {q['ratio_flatness']:.1f}×, pitch "
+              f"{q['ratio_periodicity']:.1f}×; white noise {q['ceiling_ratio']:.1f}×; the data "
+              "itself about 1×, a good model at most 3×)")
     return result
 
 
@@ -230,8 +231,8 @@ def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond:
 def free_running_quality(model: WaveNet, cache: AudioCache, file_ids: list[int],
                          cond: Conditioning, streams: int, seconds: float, seed: int = 0,
                          temperature: float = 1.0, max_samples: int | None = None) -> dict:
-    """Generate `streams` × `seconds` from silence and score their log-mel frames against
-    those of the scored files (`quality.sample_quality`): do the samples sound like the data?"""
+    """Generate `streams` × `seconds` from silence and score their frames against those of the
+    scored files (`quality.sample_quality`): do the samples sound like the data?"""
     rate = cache.sample_rate
     speaker = None
     if cond.speakers is not None:
