@@ -336,15 +336,21 @@ def quality_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[3, 6, 12])
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipe", nargs="+", action="append", default=[],
+                        metavar=("NAME", "OVERRIDE"),
+                        help="one more recipe: a name and its train overrides (repeatable)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="outputs/quality")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         register_configs()
-        runs = [Run(corpus, recipe, minutes, compose("train", [
-                    CORPORA[corpus], *RECIPES[recipe], *budget_overrides(minutes, args.threads)]))
-                for corpus in args.corpora for minutes in args.minutes for recipe in args.recipes]
+        recipes = {name: RECIPES[name] for name in args.recipes}
+        recipes |= {name: overrides for name, *overrides in args.recipe}
+        runs = [Run(corpus, name, minutes, compose("train", [
+                    CORPORA[corpus], *overrides, *budget_overrides(minutes, args.threads)]))
+                for corpus in args.corpora for minutes in args.minutes
+                for name, overrides in recipes.items()]
         report = run_all(runs, Path(args.out))
     except UserError as err:
         _fail(str(err))
