@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from tests.conftest import compose_job
@@ -36,6 +37,14 @@ def test_bench_reports_every_figure(tmp_path):
     row = report["results"][0]
     assert row["floor_samples_per_s"] > 0 and row["train_straightforward_samples_per_s"] > 0
     assert abs(row["train_bits"] - row["train_straightforward_bits"]) < 1e-3
+    # Every implementation × arithmetic the CPU has (no TF32 there), from the same weights:
+    # the NLLs agree up to the arithmetic's rounding.
+    cells = {(r["implementation"], r["precision"], r["compiled"]): r for r in row["training"]}
+    assert set(cells) == {(i, p, False) for i in ("ours", "straightforward")
+                          for p in ("fp32", "bf16")}
+    fp32 = cells["ours", "fp32", False]["bits"]
+    assert all(abs(r["bits"] - fp32) < 0.05 and r["samples_per_s"] > 0 for r in row["training"])
+    assert row["train_bits"] == fp32
     assert [g["batch"] for g in row["generation"]] == [1, 2]
     first = row["generation"][0]
     assert first["fraction_of_floor"] > 0
@@ -52,3 +61,15 @@ def test_the_bench_times_the_vocoder_preset_as_composed():
     assert composed.mel.sample_rate == 16000  # a training job fills it in from its data
     composed.mel.sample_rate = None  # ... and the bench from its own rate
     assert vocoder_model_config() == composed
+
+
+@pytest.mark.slow  # torch.compile of a training graph takes a minute on 2 cores
+def test_compiled_training_variants_agree_with_eager():
+    from wavenet.bench import training_matrix
+
+    job = compose_job("bench", ["train_steps=1", "train_batch_size=1", "train_crop=64",
+                                "train_precisions=[fp32]", "train_compile=true"])
+    rows = training_matrix(model_config("debug"), job)
+    cells = {(r["implementation"], r["compiled"]): r["bits"] for r in rows}
+    assert set(cells) == {(i, c) for i in ("ours", "straightforward") for c in (False, True)}
+    assert max(cells.values()) - min(cells.values()) < 1e-3

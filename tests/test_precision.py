@@ -188,3 +188,17 @@ def test_compiled_training_matches_eager(precision, tone_folder, tmp_path):
     for name, weight in eager["model"].items():
         torch.testing.assert_close(compiled["model"][name], weight, rtol=1e-3, atol=atol,
                                    msg=name)
+
+
+@pytest.mark.parametrize("name", ["fp32", "tf32", "bf16"])
+def test_the_arithmetic_context_sets_autocast_and_restores_the_tf32_flags(name):
+    from wavenet.runtime import precision
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = [f.allow_tf32 for f in flags]
+    x = torch.randn(4, 8)
+    with precision(torch.device("cpu"), name):
+        assert torch.is_autocast_enabled("cpu") == (name == "bf16")
+        product = x @ x.t()
+    assert product.dtype == (torch.bfloat16 if name == "bf16" else torch.float32)
+    assert [f.allow_tf32 for f in flags] == before  # the CPU has no TF32: nothing to change

@@ -21,6 +21,7 @@ from wavenet.config import BenchJob
 from wavenet.generate import NOISE_BLOCK, generate, make_loop, resolve_method, silence_context
 from wavenet.model import WaveNet, WaveNetConfig
 from wavenet.native import PANEL, library, pack, unavailable_reason
+from wavenet.runtime import precision, resolve_device
 
 
 def machine_info() -> dict:
@@ -36,6 +37,8 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -48,14 +51,15 @@ def machine_info() -> dict:
 def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
                     seconds: float = 3.0, steps: int | None = None) -> float:
     """Samples/s (all streams together) of one generation method in steady state, sampling
-    included, priming excluded. With `steps`, those steps timed once (for the slow naive path);
-    otherwise the best of three windows (`best_rate`)."""
+    included, priming excluded, on the model's device. With `steps`, those steps timed once
+    (for the slow naive path); otherwise the best of three windows (`best_rate`)."""
+    device = next(model.parameters()).device
     context = silence_context(model, batch)
     loop = make_loop(model, context, method=method, threads=threads)
     x = context[:, -1]
     noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,
-                       generator=torch.Generator().manual_seed(0))
-    out = torch.empty(batch, NOISE_BLOCK, dtype=x.dtype)
+                       generator=torch.Generator().manual_seed(0)).to(device)
+    out = torch.empty(batch, NOISE_BLOCK, dtype=x.dtype, device=device)
 
     def run(n: int) -> float:
         nonlocal x
@@ -64,6 +68,8 @@ def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
             m = min(n - done, NOISE_BLOCK)
             x = loop.advance(x, noise[:, :m], out[:, :m], None, 1.0)
             done += m
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
     if steps is not None:
@@ -204,35 +210,74 @@ def tone_crops(dist, batch: int, length: int, seed: int) -> torch.Tensor:
     return dist.encode(audio)
 
 
-def train_rate(model: nn.Module, cfg: WaveNetConfig, batch: int, crop: int,
-               steps: int) -> tuple[float, float]:
-    """Predicted samples/s of a full training step (forward, backward, Adam) on noisy-tone crops
-    (the best of `steps` steps), and the NLL (bits/sample) of held-out crops after them."""
-    model.train()
+def train_rate(model: nn.Module, cfg: WaveNetConfig, batch: int, crop: int, steps: int,
+               device: torch.device | None = None, arithmetic: str = "fp32",
+               compiled: bool = False) -> tuple[float, float]:
+    """Predicted samples/s of a full training step (forward under `runtime.precision`,
+    backward, Adam) on noisy-tone crops (the best of `steps` steps), and the NLL (bits/sample)
+    of held-out crops after them, scored in fp32."""
+    device = device or torch.device("cpu")
+    model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if compiled else model
     rf = cfg.receptive_field
     dist = cfg.distribution()
-    batches = [tone_crops(dist, batch, rf + crop, seed) for seed in range(steps + 1)]
+    batches = [tone_crops(dist, batch, rf + crop, seed).to(device) for seed in range(steps + 1)]
 
-    def loss_of(x: torch.Tensor) -> torch.Tensor:
-        return dist.nll(model(x[:, :-1], first_output=rf - 1), x[:, rf:])
+    def loss_of(x: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        return dist.nll(net(x[:, :-1], first_output=rf - 1).float(), x[:, rf:])
 
     def step(x: torch.Tensor) -> None:
-        loss = loss_of(x)
+        with precision(device, arithmetic):
+            loss = loss_of(x, forward)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    step(batches[0])  # warm-up
+    step(batches[0])  # warm-up (and compilation)
     times = []
     for x in batches[1:]:
         start = time.perf_counter()
         step(x)
         times.append(time.perf_counter() - start)
     rate = batch * crop / min(times)  # the fastest step, as timeit does: a shared VM is noisy
-    with torch.no_grad():
-        bits = loss_of(tone_crops(dist, batch, rf + crop, seed=10**6)).item() / math.log(2)
+    with torch.no_grad(), precision(device, "fp32"):
+        held_out = tone_crops(dist, batch, rf + crop, seed=10**6).to(device)
+        bits = loss_of(held_out, model).item() / math.log(2)
     return rate, bits
+
+
+IMPLEMENTATIONS = {
+    "ours": lambda model: model,  # merged filter/gate and residual/skip convs, layer loop
+    "straightforward": lambda model: StraightforwardWaveNet.same_weights_as(model),
+}
+
+
+def training_matrix(cfg: WaveNetConfig, job: BenchJob) -> list[dict]:
+    """Every implementation × arithmetic × (compiled or not) of one training step, each from
+    the same initial weights: samples/s and the held-out NLL after the timed steps (equal
+    weights and data, so the NLLs must agree up to the arithmetic's rounding)."""
+    device = resolve_device(job.train_device)
+    compile_too = job.train_compile if job.train_compile is not None else device.type == "cuda"
+    rows = []
+    for name, build in IMPLEMENTATIONS.items():
+        for arithmetic in job.train_precisions:
+            if arithmetic == "tf32" and device.type != "cuda":
+                continue  # the same arithmetic as fp32 there
+            for compiled in (False, True) if compile_too else (False,):
+                torch.manual_seed(0)
+                model = build(WaveNet(cfg))
+                rate, bits = train_rate(model, cfg, job.train_batch_size, job.train_crop,
+                                        job.train_steps, device, arithmetic, compiled)
+                rows.append({"implementation": name, "precision": arithmetic,
+                             "compiled": compiled, "device": str(device),
+                             "samples_per_s": rate, "bits": bits})
+                print(f"training {name}, {arithmetic}{', compiled' if compiled else ''} on "
+                      f"{device}: {rate:,.0f} samples/s, held-out NLL {bits:.4f} bits after "
+                      f"{job.train_steps + 1} steps", flush=True)
+    return rows
 
 
 def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path,
@@ -268,18 +313,25 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path,
                   f"incremental {rates['incremental']:,.0f}, naive {rates['naive']:,.1f} "
                   "samples/s", flush=True)
         torch.set_num_threads(threads_default)
-        torch.manual_seed(0)
-        ours = WaveNet(cfg)
-        plain = StraightforwardWaveNet.same_weights_as(ours)  # same start, so NLLs compare
-        row["train_samples_per_s"], row["train_bits"] = train_rate(
-            ours, cfg, job.train_batch_size, job.train_crop, job.train_steps)
-        row["train_straightforward_samples_per_s"], row["train_straightforward_bits"] = \
-            train_rate(plain, cfg, job.train_batch_size, job.train_crop, job.train_steps)
+        if torch.cuda.is_available():  # the same steps on the GPU (the incremental path)
+            on_gpu = WaveNet(cfg).eval().cuda()
+            row["cuda_generation"] = [
+                {"batch": batch, "incremental": generation_rate(
+                    on_gpu, batch, "incremental", 1, job.fast_seconds)}
+                for batch in sorted({*job.batch_sizes, 256})]
+            print(f"{name} CUDA generation: " + ", ".join(
+                f"batch {g['batch']} {g['incremental']:,.0f}" for g in row["cuda_generation"])
+                + " samples/s", flush=True)
+        row["training"] = training_matrix(cfg, job)
         row["train_threads"] = threads_default
-        print(f"{name} training: {row['train_samples_per_s']:,.0f} samples/s (straightforward "
-              f"implementation {row['train_straightforward_samples_per_s']:,.0f}); held-out "
-              f"NLL after {job.train_steps + 1} steps {row['train_bits']:.4f} bits "
-              f"(straightforward {row['train_straightforward_bits']:.4f})", flush=True)
+        first = row["training"][0]["precision"]  # the first arithmetic measured, eager
+        reference = {r["implementation"]: r for r in row["training"]
+                     if r["precision"] == first and not r["compiled"]}
+        row["train_samples_per_s"] = reference["ours"]["samples_per_s"]
+        row["train_bits"] = reference["ours"]["bits"]
+        row["train_straightforward_samples_per_s"] = \
+            reference["straightforward"]["samples_per_s"]
+        row["train_straightforward_bits"] = reference["straightforward"]["bits"]
         results.append(row)
     report = {"machine": machine_info(), "job": asdict(job), "results": results}
     if vocoder is not None:
@@ -319,6 +371,25 @@ def format_table(report: dict) -> str:
         lines.append(f"| {row['model']} | {row['floor_samples_per_s']:,.0f} | {ours:,.0f} "
                      f"| {plain:,.0f} | {ours / plain:.2f}x | {row['train_bits']:.4f} / "
                      f"{row['train_straightforward_bits']:.4f} |")
+    for row in report["results"]:
+        if row.get("cuda_generation"):
+            lines.append(f"\n{row['model']} on CUDA, incremental path: " + ", ".join(
+                f"batch {g['batch']} {g['incremental']:,.0f}" for g in row["cuda_generation"])
+                + " samples/s.")
+    lines += ["", "Training, every implementation and arithmetic (samples/s; held-out NLL after "
+              "the timed steps from the same weights, bits):", "",
+              "| model | implementation | precision | compiled | device | samples/s "
+              "| vs ours, same precision eager | held-out NLL |",
+              "|---|---|---|---|---|---:|---:|---:|"]
+    for row in report["results"]:
+        eager = {r["precision"]: r["samples_per_s"] for r in row.get("training", [])
+                 if r["implementation"] == "ours" and not r["compiled"]}
+        for r in row.get("training", []):
+            lines.append(f"| {row['model']} | {r['implementation']} | {r['precision']} "
+                         f"| {'yes' if r['compiled'] else 'no'} | {r['device']} "
+                         f"| {r['samples_per_s']:,.0f} "
+                         f"| {r['samples_per_s'] / eager[r['precision']]:.2f}x "
+                         f"| {r['bits']:.4f} |")
     if "vocoder" in report:
         v = report["vocoder"]
         lines.append(f"\nVocoder copy synthesis (the vocoder preset: {v['parameters']:,} "
@@ -326,7 +397,8 @@ def format_table(report: dict) -> str:
                      f"thread, {v['method']} path: {v['samples_per_s']:,.0f} samples/s, "
                      f"{v['times_real_time']:.1f}x real time at {v['sample_rate']} Hz.")
     m = report["machine"]
-    lines.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}; "
+    cuda = f" (CUDA {m['cuda']}, cuDNN {m['cudnn']})" if m.get("cuda") else ""
+    lines.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}{cuda}; "
                  f"torch {m['torch']}, Python {m['python']}; compiled step: "
                  f"{m['native_step']}.")
     return "\n".join(lines)

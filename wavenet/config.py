@@ -12,6 +12,7 @@ from wavenet import checks
 from wavenet.data import DataConfig
 from wavenet.errors import UserError
 from wavenet.model import WaveNetConfig
+from wavenet.runtime import PRECISIONS
 
 # Generation methods (wavenet.generate): they draw the same samples.
 METHODS = ("fast", "incremental", "naive")
@@ -58,7 +59,9 @@ class TrainConfig:
             warning) before training stops.
         seed: seeds initialization and the crop sequence.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
-        precision: "fp32" or "bf16" (autocast: bf16 compute, fp32 weights and loss).
+        precision: "fp32", "tf32" (CUDA tensor cores for matmuls and convolutions; fp32 on
+            the CPU) or "bf16" (autocast: bf16 compute, fp32 weights and loss); see
+            `runtime.precision`.
         compile: torch.compile the training forward.
         threads: CPU threads for PyTorch; None keeps its default.
         progress: show a progress bar.
@@ -123,7 +126,7 @@ class TrainConfig:
         checks.choice(k + "resume_changes", self.resume_changes, ("refuse", "allow"))
         checks.integer(k + "seed", self.seed, 0, 2**63 - 1)
         checks.device(k + "device", self.device)
-        checks.choice(k + "precision", self.precision, ("fp32", "bf16"))
+        checks.choice(k + "precision", self.precision, PRECISIONS)
         checks.integer(k + "threads", self.threads, 1, optional=True)
 
 
@@ -307,6 +310,12 @@ class BenchJob:
         train_batch_size: crops per timed training step.
         train_crop: predicted samples per crop in the timed training steps.
         vocoder: also time copy synthesis with the vocoder preset's model (batch 1, 1 thread).
+        train_device: where the training comparison runs: "auto" (CUDA when present), "cpu",
+            "cuda".
+        train_precisions: the arithmetic of each timed training variant (`train.precision`):
+            fp32, tf32 (timed on CUDA only: the CPU has no TF32) and bf16.
+        train_compile: also time torch.compile'd variants; None: on CUDA only (compiling a
+            training graph takes minutes on a small CPU).
         out: JSON file; None writes bench.json in the Hydra run folder.
     """
 
@@ -318,10 +327,16 @@ class BenchJob:
     train_batch_size: int = 4
     train_crop: int = 2000
     vocoder: bool = True
+    train_device: str = "auto"
+    train_precisions: list[str] = field(default_factory=lambda: ["fp32", "tf32", "bf16"])
+    train_compile: bool | None = None
     out: str | None = None
 
     def __post_init__(self):
         self.out = checks.path(self.out)
+        checks.device("train_device", self.train_device)
+        for i, name in enumerate(self.train_precisions):
+            checks.choice(f"train_precisions[{i}]", name, PRECISIONS)
         if not self.models:
             raise UserError("models=[]: name at least one model config, e.g. models=[small]")
         if not self.batch_sizes:

@@ -385,9 +385,10 @@ def _sample_loop(model, loop, last, length, temperature, generator, params, on_s
     x, done, chunk, reported, tick = last, 0, 1, 0, time.monotonic()
     while done < length:
         offset = done % NOISE_BLOCK
-        if offset == 0:
-            noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,
-                               generator=generator, device=device)
+        if offset == 0:  # drawn where the generator lives: a CPU generator gives a GPU run
+            noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,  # the CPU's
+                               generator=generator,
+                               device=generator.device if generator else device).to(device)
         n = min(chunk, length - done, NOISE_BLOCK - offset)
         start = time.monotonic()
         x = loop.advance(x, noise[:, offset:offset + n], out[:, done:done + n],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from wavenet.errors import UserError
@@ -32,3 +34,24 @@ def progress_bar(**kwargs):
     if not sys.stderr.isatty():
         kwargs.setdefault("mininterval", 30.0)
     return tqdm(dynamic_ncols=True, **kwargs)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def precision(device: torch.device, name: str):
+    """The arithmetic of a training forward: "fp32" (strict, TF32 off on CUDA), "tf32" (CUDA
+    matmuls and convolutions on TF32 tensor cores; the CPU has none, so it is fp32 there) or
+    "bf16" (autocast: bf16 compute, fp32 weights and loss). Restores the TF32 flags after."""
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        if device.type == "cuda":
+            for f in flags:
+                f.allow_tf32 = name == "tf32"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
+            yield
+    finally:
+        for f, value in zip(flags, saved, strict=True):
+            f.allow_tf32 = value

@@ -29,7 +29,7 @@ from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
 from wavenet.model import WaveNet, WaveNetConfig
-from wavenet.runtime import progress_bar, resolve_device, set_threads
+from wavenet.runtime import precision, progress_bar, resolve_device, set_threads
 from wavenet.train_data import TrainData
 
 log = logging.getLogger(__name__)
@@ -242,9 +242,7 @@ class Stepper:
         x = model.encode_audio(batch["audio"], batch.get("mel"), mel_offset, batch.get("before"))
         rf = model.receptive_field
         model.train()
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                  enabled=cfg.precision == "bf16")
-        with autocast:
+        with precision(self.device, cfg.precision):
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
             params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
                                   mel_offset=mel_offset,
