@@ -36,7 +36,7 @@ def test_the_schedule_spans_the_time_budget():
     # peak: the rate stays constant rather than rising.
     low = TrainConfig(lr=5e-6, final_lr=1e-5, warmup_steps=0, max_steps=100)
     assert [lr_factor(s, low) for s in (0, 50, 100)] == [1.0, 1.0, 1.0]
-    both = TrainConfig(max_steps=110, max_time="1h", warmup_steps=10)
+    both = TrainConfig(max_steps=110, max_time="1h", lr=1e-3, warmup_steps=10)
     # Whichever limit the run is closer to sets the pace.
     assert lr_factor(60, both, 0.1) == lr_factor(60, both, 0.0) == pytest.approx((1 + 0.01) / 2)
     assert lr_factor(20, both, 0.5) == pytest.approx((1 + 0.01) / 2)
@@ -90,7 +90,7 @@ def test_resuming_with_settings_that_change_the_run_is_refused(tone_folder, tmp_
         "train.resume=auto", "train.lr=0.002", "train.batch_size=4", "data.crop_samples=100"]
     one_line_error(run_script("train", *changed, cwd=tmp_path),
                    "step-00000002.pt was trained with other settings: data.crop_samples=200 "
-                   "(now 100), train.batch_size=2 (now 4), train.lr=0.001 (now 0.002); resume "
+                   "(now 100), train.batch_size=2 (now 4), train.lr=0.004 (now 0.002); resume "
                    "with the same values, or pass train.resume_changes=allow")
     # How a run is watched, stored or split into jobs may change freely.
     free = [o for o in base if not o.startswith("train.stop_at")] + [

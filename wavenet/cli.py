@@ -335,7 +335,8 @@ def quality_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wavenet-quality", description=quality_main.__doc__)
     parser.add_argument("--minutes", type=float, nargs="+", default=[3, 6, 12])
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES),
+                        help="built-in recipes to run (none: only the --recipe ones)")
     parser.add_argument("--recipe", nargs="+", action="append", default=[],
                         metavar=("NAME", "OVERRIDE"),
                         help="one more recipe: a name and its train overrides (repeatable)")
