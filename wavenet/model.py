@@ -55,7 +55,8 @@ class WaveNetConfig:
         cond_layers: vocoders: convolutions (3 frames wide, each with a residual connection)
             that turn the log-mel frames into features before upsampling: a frame of context
             on each side per layer; 0 upsamples the frames as they are.
-        cond_channels: features those convolutions add to the frames.
+        cond_channels: width of those features, which replace the mel bands as the
+            upsampler's input.
     """
 
     layers_per_cycle: int = 10
@@ -151,8 +152,9 @@ class MelEncoder(nn.Module):
 
     Log-mels span [log(log_floor), ~0]; they are first mapped affinely to about [-1, 1]. With
     `layers`, a linear projection to `channels` follows, then that many 3-frame convolutions,
-    each adding tanh of its output to its input: frame context and nonlinear features (where
-    the pitch is, voiced or not) at the frame rate, which costs 1/hop of a per-sample layer.
+    each adding tanh of its output to its input: frame context and nonlinear features (voicing
+    or pitch, which no linear map of the bands gives) at the frame rate, for 1/hop of the cost
+    of a per-sample layer.
     The tanh bounds what each layer adds, so the conditioning cannot grow without bound.
     """
 
