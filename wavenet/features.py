@@ -53,6 +53,20 @@ class MelConfig:
 DB_PER_NEPER = 20.0 / np.log(10.0)  # a natural-log magnitude ratio in dB
 
 
+def framed_input(audio, cfg: MelConfig) -> tuple[torch.Tensor, int]:
+    """Audio (…, T) (numpy or torch) as a float tensor ready for centred STFT frames, and how
+    many frames it has: T // hop_length + 1 (the STFT's output is cut to that many).
+
+    Centred frames reflect-pad by n_fft/2, which needs more samples than that: a shorter
+    signal is taken as followed by silence."""
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not torch.is_tensor(audio)
+                        else audio).float()
+    frames = x.shape[-1] // cfg.hop_length + 1
+    if x.shape[-1] <= cfg.n_fft // 2:
+        x = torch.nn.functional.pad(x, (0, cfg.n_fft // 2 + 1 - x.shape[-1]))
+    return x, frames
+
+
 def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:
     """Log-mel spectrogram.
 
@@ -63,13 +77,7 @@ def log_mel(audio, sample_rate: int, cfg: MelConfig) -> torch.Tensor:
     """
     import torchaudio  # deferred: only conditioned models need it
 
-    x = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not torch.is_tensor(audio)
-                        else audio).float()
-    frames = x.shape[-1] // cfg.hop_length + 1
-    # Centred frames reflect-pad by n_fft/2, which needs more samples than that: a shorter
-    # signal is taken as followed by silence.
-    if x.shape[-1] <= cfg.n_fft // 2:
-        x = torch.nn.functional.pad(x, (0, cfg.n_fft // 2 + 1 - x.shape[-1]))
+    x, frames = framed_input(audio, cfg)
     transform = torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length,
         hop_length=cfg.hop_length, f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels,

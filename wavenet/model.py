@@ -162,15 +162,14 @@ class MelEncoder(nn.Module):
         super().__init__()
         self.centre = math.log(log_floor) / 2
         self.out_channels = channels if layers else n_mels
-        if layers:
-            self.proj = nn.Conv1d(n_mels, channels, 1)
-            self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=1)
-                                       for _ in range(layers))
+        self.proj = nn.Conv1d(n_mels, channels, 1) if layers else None
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=1)
+                                   for _ in range(layers))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: (B, n_mels, F) -> (B, out_channels, F)."""
         h = (mel - self.centre) / -self.centre
-        if not hasattr(self, "convs"):
+        if self.proj is None:
             return h
         h = self.proj(h)
         for conv in self.convs:

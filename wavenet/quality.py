@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from wavenet.errors import UserError
-from wavenet.features import MelConfig, log_mel_distance_db
+from wavenet.features import DB_PER_NEPER, MelConfig, framed_input, log_mel, log_mel_distance_db
 
 PESQ_RATE = 16000  # wide-band PESQ is defined at 16 kHz
 
@@ -101,8 +101,6 @@ FLOOR_DRAWS = 32  # random deals averaged: one deal's floor is often off by half
 
 def mel_frames(clips: list[np.ndarray], sample_rate: int, cfg: MelConfig) -> np.ndarray:
     """Log-mel frames in dB of every clip (T,), stacked: (frames, n_mels) float64."""
-    from wavenet.features import DB_PER_NEPER, log_mel
-
     return np.concatenate([log_mel(np.asarray(c, dtype=np.float32), sample_rate, cfg).numpy().T
                            for c in clips]).astype(np.float64) * DB_PER_NEPER
 
@@ -112,10 +110,7 @@ def power_frames(clip: np.ndarray, cfg: MelConfig) -> torch.Tensor:
     floor squared: (n_fft // 2 + 1, T // hop + 1) float64."""
     import torchaudio
 
-    x = torch.as_tensor(np.asarray(clip, dtype=np.float32))
-    frames = len(x) // cfg.hop_length + 1
-    if len(x) <= cfg.n_fft // 2:  # as log_mel: reflect padding needs more samples
-        x = torch.nn.functional.pad(x, (0, cfg.n_fft // 2 + 1 - len(x)))
+    x, frames = framed_input(clip, cfg)
     power = torchaudio.transforms.Spectrogram(
         n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, power=2.0,
         center=True, pad_mode="reflect")(x)[:, :frames]
@@ -141,8 +136,6 @@ def flatness_frames(clips: list[np.ndarray], sample_rate: int, cfg: MelConfig) -
     Flatness is the geometric over the arithmetic mean of a band's power: about -2.5 dB for
     white noise, -12 to -20 dB on average for the demo piano. Digital silence is flat (0 dB).
     """
-    from wavenet.features import DB_PER_NEPER
-
     bands = octave_bands(sample_rate, cfg.n_fft)
     out = []
     for clip in clips:
@@ -160,8 +153,6 @@ def periodicity_frames(clips: list[np.ndarray], sample_rate: int, cfg: MelConfig
     periodic sound; its height over the periods of PITCH_HZ, above their median, is 0.6 dB for
     noise and 1.5 (demo speech) to 2.1 dB (demo piano) on average.
     """
-    from wavenet.features import DB_PER_NEPER
-
     lo = max(1, int(sample_rate / PITCH_HZ[1]))
     hi = max(lo + 1, min(cfg.n_fft // 2, int(sample_rate / PITCH_HZ[0])))
     out = []
@@ -192,12 +183,6 @@ def frechet(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) 
     cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)))
     distance = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross
     return max(0.0, float(distance))  # equal Gaussians can round to -1e-32
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """The Fréchet distance between Gaussians fitted to rows of a (N, D) and b (M, D); in the
-    rows' units squared (dB² for `mel_frames`)."""
-    return frechet(gaussian(a), gaussian(b))
 
 
 def runs(lengths: list[int], size: int) -> list[np.ndarray]:
