@@ -7,37 +7,29 @@ chains it layer by layer in float64: the truth that the three fast paths are hel
   outputs need): forward and every gradient, in float64 to rounding and in float32 to a stated
   tolerance.
 - `IncrementalStepper.step`, the PyTorch per-sample step: logits of every step of a sequence.
-- The compiled step (csrc/fast_step.cpp through `NativeLoop`): the parameters of every step it
-  draws, against the reference pass over the samples it drew.
+- The compiled step (csrc/fast_step.cpp through `NativeLoop`), in every weight precision: the
+  parameters of every step it draws, against the reference pass over the samples it drew with
+  the weights rounded as that precision stores them (`quantize.at_precision`).
 
-Widths: REAL is `model=base` (64/128/256); ODD (40/68/100, 200 classes) is a multiple neither
-of the 16-column weight panel nor of the 8-lane vector, so every remainder runs. Layers are few
-(dilations 1, 2, 4: ring spans of 1 to 8 slots) and sequences are longer than every span, so
-every ring buffer wraps around several times.
+Widths: REAL is `model=base` (64/128/256); ODD (41/67/99, 200 classes) is a multiple neither
+of the 16-column weight panel nor of the 8-lane vector, so every remainder runs, and its odd
+row counts (K = 67 and 99, and 3·41 with kernel size 3) end bf16's two-row words with a half
+word. Layers are few (dilations 1, 2, 4: ring spans of 1 to 8 slots) and sequences are longer
+than every span, so every ring buffer wraps around several times.
 
 What each case runs in the compiled step. Its GEMM (`gemm`) takes the rows of one thread's
-streams, M, in tiles of 6 rows × 1 panel, then the remaining M mod 6 rows as one tile:
-1 row × 4 panels (8 vectors), 2 or 3 rows × 2 panels, 4 or 5 rows × 1 panel; a panel count that
-is not a multiple of the tile's panels ends with 1-panel tiles, marked (+ …) below where the
-widths have such a remainder. A run with `threads` splits the batch into that many blocks of
-streams (never more than the batch):
-
-    batch  threads  M per thread  tiles run
-    1      1 or 2   1             1×4 (+ 1×1)
-    4      1        4             4×1
-    4      2        2, 2          2×2 (+ 2×1)
-    5      1        5             5×1: the 6-row tile's remainder
-    5      2        2, 3          2×2, 3×2 (+ 2×1, 3×1)
-    12     1        12            6×1 twice, and no remainder tile
-    12     2        6, 6          6×1 once per thread
-    32     1        32            6×1 five times, then 2×2 (+ 2×1)
-    32     2        16, 16        6×1 twice, then 4×1
+streams, M, in blocks of B rows (8 with AVX-512, else 6) × P panels (2, else 1), then the
+remaining M mod B rows as one smaller block (1 row × 4 panels, 2 × 4 or 2, 3 × 2, 4 or 5 × 2
+or 1, 6 or 7 × 2); a panel count that is not a multiple of a block's panels ends with
+1-panel blocks. A run with `threads` splits the batch into that many blocks of streams (never
+more than the batch), so M per thread runs over 1, 2, 3, 4, 5, 6, 12 and 16 with the batches
+below: every remainder block and the full blocks, once and several times.
 
 Panel counts (⌈N/16⌉) of the GEMMs: dilated conv 2G, output 1×1 R+S, head S → S, head S → P.
-    REAL mu-law  16, 20, 16, 16: no panel remainder at any tile
-    REAL MoL     16, 20, 16, 2 (30 parameters, padded): the head's 1×4 tile is all remainder
-    ODD mu-law   9, 9, 7, 13: a remainder at every 1×4, 2×2 and 3×2 tile, padded columns
-                 in every panel set, and a gate tail of 4 channels after 8 full vectors
+    REAL mu-law  16, 20, 16, 16
+    REAL MoL     16, 20, 16, 2 (30 parameters, padded): the head's 1×4 block is all remainder
+    ODD mu-law   9, 9, 7, 13: a remainder at most blocks, padded columns in every panel set,
+                 and a gate tail of 3 channels after 8 full vectors
 The REAL MoL case also has speaker and mel conditioning (per-step biases read with a stride)
 and continuous input; the mu-law cases, embedded classes and constant biases. Kernel size 3
 adds a second past tap per layer (the ring holds two slots per dilation step).
@@ -65,10 +57,11 @@ from wavenet.generate import (
 )
 from wavenet.layers import residual_loop
 from wavenet.model import WaveNet, WaveNetConfig
+from wavenet.quantize import PRECISIONS, at_precision
 
 REAL = dict(residual_channels=64, gate_channels=128, skip_channels=256)
-# Gate 68, not 72: a gate width that is a multiple of 8 would skip the activation's lane tail.
-ODD = dict(residual_channels=40, gate_channels=68, skip_channels=100, quantization_channels=200)
+# Gate 67: a gate width that is a multiple of 8 would skip the activation's lane tail.
+ODD = dict(residual_channels=41, gate_channels=67, skip_channels=99, quantization_channels=200)
 MEL = MelConfig(n_fft=64, hop_length=8, n_mels=5)
 CONDITIONED = dict(output="mol", mixtures=10, n_speakers=3, mel=MEL, upsample_scales=[2, 4])
 CASES = {"real": REAL, "real-mol-cond": {**REAL, **CONDITIONED}, "odd": ODD}
@@ -242,8 +235,9 @@ def test_incremental_step_equals_the_reference_at_every_step(case, batch, kernel
 
 # --- the compiled step -----------------------------------------------------------------------
 
-def native_run(model: WaveNet, batch: int, threads: int):
-    """Generate LENGTH steps with the compiled step after a random prime.
+def native_run(model: WaveNet, batch: int, threads: int, precision: str = "fp32"):
+    """Generate LENGTH steps with the compiled step after a random prime, with the weights in
+    `precision`.
 
     Returns:
         the sequence (B, prime + LENGTH): the prime, then the draws; the parameters of each
@@ -253,8 +247,9 @@ def native_run(model: WaveNet, batch: int, threads: int):
     prime_length = model.receptive_field + 5  # the prime fills every ring before the steps
     prime, speaker, _ = inputs(model, batch, prime_length)
     _, _, mel = inputs(model, batch, LENGTH, seed=1)  # the frames of the new samples
-    loop = make_loop(model, prime, speaker, mel, "fast", threads)
+    loop = make_loop(model, prime, speaker, mel, "fast", threads, precision)
     assert isinstance(loop, NativeLoop), native.unavailable_reason()
+    assert loop.native.precision == precision
     noise = torch.rand(batch, LENGTH, model.dist.noise_per_sample,
                        generator=torch.Generator().manual_seed(2))
     drawn = torch.empty(batch, LENGTH, dtype=prime.dtype)
@@ -273,17 +268,27 @@ needs_compiler = pytest.mark.skipif(
 
 
 @needs_compiler
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("batch", NATIVE_BATCHES)
 @pytest.mark.parametrize("case", CASES)
-def test_compiled_step_equals_the_reference_at_every_step(case, batch, kernel_size, threads):
+def test_compiled_step_equals_the_reference_at_every_step(case, batch, kernel_size, threads,
+                                                          precision):
+    """In every precision, to float32 rounding of the reference with that precision's weights:
+    the packed formats hold the rounded weights exactly, and only the int8 scale is applied
+    after the sum instead of to each weight."""
+    assert precision in native.formats(), f"{precision}: not built for this CPU"
     model = model_at(case, kernel_size)
-    sequence, params, mel, speaker = native_run(model, batch, threads)
+    sequence, params, mel, speaker = native_run(model, batch, threads, precision)
     prime_length = sequence.shape[1] - LENGTH
-    truth = reference(model, sequence[:, :-1], speaker, mel,
+    truth = reference(at_precision(model, precision), sequence[:, :-1], speaker, mel,
                       mel_offset=-prime_length)[:, :, prime_length - 1:]
     assert_near(params, truth, STEP_BOUND)
+    if precision != "fp32":  # and the rounding is a real change, which the bound resolves
+        fp32 = reference(model, sequence[:, :-1], speaker, mel,
+                         mel_offset=-prime_length)[:, :, prime_length - 1:]
+        assert (params.double() - fp32).abs().max() > 3 * STEP_BOUND * fp32.abs().max()
 
 
 # --- the structures shared with the compiled step --------------------------------------------
@@ -304,11 +309,11 @@ MISMATCHES = {
     "field-resized": ("Run", lambda f: [(n, ctypes.c_int32 if n == "t" else c) for n, c in f],
                       "field 3 (Run.t) is at byte 16, 8 bytes, integer in WavenetRun but at "
                       "byte 12, 4 bytes, integer in Python"),
-    "field-missing": ("Net", lambda f: f[:-1], "WavenetNet has 20 fields, Python's Net has 19"),
+    "field-missing": ("Net", lambda f: f[:-1], "WavenetNet has 25 fields, Python's Net has 24"),
     "field-retyped": ("Net", lambda f: [(n, ctypes.c_int32 if n == "levels" else c)
                                         for n, c in f],
-                      "field 10 (Net.levels) is at byte 40, 4 bytes, float in WavenetNet but "
-                      "at byte 40, 4 bytes, integer in Python"),
+                      "field 11 (Net.levels) is at byte 44, 4 bytes, float in WavenetNet but "
+                      "at byte 44, 4 bytes, integer in Python"),
 }
 
 

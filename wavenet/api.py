@@ -25,8 +25,9 @@ from wavenet.audio import AudioError, load_for_training
 from wavenet.config import TrainJob, check_sampling
 from wavenet.errors import UserError
 from wavenet.features import log_mel
-from wavenet.generate import generate, resolve_method
+from wavenet.generate import generate, resolve_method, resolve_precision
 from wavenet.model import WaveNet
+from wavenet.quantize import DEFAULT_PRECISION
 from wavenet.runtime import resolve_device
 
 AudioLike = str | Path | np.ndarray | torch.Tensor
@@ -185,6 +186,7 @@ class Model:
                  prime_seconds: float | None = None, speaker: str | int | None = None,
                  mel: AudioLike | None = None, temperature: float = 1.0, seed: int = 0,
                  method: str = "fast", threads: int | None = None,
+                 precision: str = DEFAULT_PRECISION,
                  on_samples: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
         """Generate `n` streams of new audio.
 
@@ -203,12 +205,15 @@ class Model:
             seed: the same seed gives the same audio, whichever the method.
             method: "fast", "incremental" or "naive" (see `wavenet.generate.generate`).
             threads: CPU threads of the fast path (default: torch's).
+            precision: the step's weights, "fp32", "bf16" or "int8" (`wavenet.quantize`);
+                the fast path reads a half or a quarter of fp32's bytes per sample.
             on_samples: called about 4 times a second with the new audio (n, m) float32 made
                 since the last call (for streaming or progress).
         Returns:
             (n, T) float32 audio in [-1, 1], the new samples only (the prime is not repeated).
         """
-        check_sampling(n, seconds, temperature, seed, prime_seconds, method, threads)
+        check_sampling(n, seconds, temperature, seed, prime_seconds, method, threads,
+                       precision=precision)
         if on_samples is not None and not callable(on_samples):
             raise UserError(f"on_samples must be a function of the new audio, not "
                             f"{type(on_samples).__name__}")
@@ -238,7 +243,8 @@ class Model:
                 on_samples(made[-1])
 
         values = generate(net, length, context, n, temperature, generator, on_samples=callback,
-                          speaker=speakers, mel=feats, method=method, threads=threads)
+                          speaker=speakers, mel=feats, method=method, threads=threads,
+                          precision=precision)
         done = sum(m.shape[1] for m in made)
         if done < values.shape[1]:
             made.append(decode(values[:, done:]))
@@ -255,6 +261,11 @@ class Model:
     def method(self, method: str = "fast") -> str:
         """What a method runs as here: "native" (the compiled step), "incremental" or "naive"."""
         return resolve_method(self.net, method)
+
+    def precision(self, method: str = "fast", precision: str = DEFAULT_PRECISION) -> str:
+        """The weight precision a method runs with here (the compiled step falls back from a
+        format this CPU lacks the instructions for)."""
+        return resolve_precision(self.net, method, precision)
 
     def prime_audio(self, prime: AudioLike, seconds: float | None = None) -> torch.Tensor:
         """A prime as the model continues it: a file preprocessed like the training audio, or

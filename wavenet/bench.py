@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -18,9 +17,16 @@ from torch import nn
 
 from wavenet import checks
 from wavenet.config import BenchJob
-from wavenet.generate import NOISE_BLOCK, generate, make_loop, resolve_method, silence_context
+from wavenet.generate import (
+    NOISE_BLOCK,
+    generate,
+    make_loop,
+    resolve_method,
+    resolve_precision,
+    silence_context,
+)
 from wavenet.model import WaveNet, WaveNetConfig
-from wavenet.native import PANEL, library, pack, unavailable_reason
+from wavenet.native import FORMATS, PANEL, formats, library, pack_weights, unavailable_reason
 from wavenet.runtime import precision, resolve_device
 
 
@@ -49,13 +55,14 @@ def machine_info() -> dict:
 
 @torch.no_grad()
 def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
-                    seconds: float = 3.0, steps: int | None = None) -> float:
+                    seconds: float = 3.0, steps: int | None = None,
+                    precision: str = "fp32") -> float:
     """Samples/s (all streams together) of one generation method in steady state, sampling
     included, priming excluded, on the model's device. With `steps`, those steps timed once
     (for the slow naive path); otherwise the best of three windows (`best_rate`)."""
     device = next(model.parameters()).device
     context = silence_context(model, batch)
-    loop = make_loop(model, context, method=method, threads=threads)
+    loop = make_loop(model, context, method=method, threads=threads, precision=precision)
     x = context[:, -1]
     noise = torch.rand(batch, NOISE_BLOCK, model.dist.noise_per_sample,
                        generator=torch.Generator().manual_seed(0)).to(device)
@@ -125,33 +132,37 @@ def best_rate(work: Callable[[], int], seconds: float) -> float:
 
 
 @torch.no_grad()
-def floor_rate(n_params: int, seconds: float = 1.5) -> float:
-    """Samples/s if one sample cost exactly one matrix-vector product over all weights (one
-    thread): the floor of batch-1 generation. The faster of torch.mv and the compiled step's own
-    kernel; best of three windows each."""
+def floor_rate(n_params: int, seconds: float = 1.5, precision: str = "fp32") -> float | None:
+    """Samples/s if one sample cost exactly one matrix-vector product over all weights stored
+    in `precision` (one thread): the floor of batch-1 generation. The faster of torch.mv (fp32
+    only) and the compiled step's own kernel, best of three windows each; None where neither
+    runs that precision."""
     cols = 256
     rows = max(1, n_params // cols)
     w, v = torch.randn(rows, cols), torch.randn(cols)
-    candidates = {"torch.mv": lambda: torch.mv(w, v)}
+    candidates = {"torch.mv": lambda: torch.mv(w, v)} if precision == "fp32" else {}
     lib = library()
-    if lib is not None:
-        packed, y = pack(w.t().contiguous()), torch.zeros(rows + PANEL)
-        ptr = ctypes.c_void_p
+    if lib is not None and precision in formats():
+        packed, scale = pack_weights(w.t().contiguous(), precision)
+        y = torch.zeros(rows + PANEL)
 
         def native_mv():
-            lib.wavenet_gemm(ptr(v.data_ptr()), cols, 1, cols, ptr(packed.data_ptr()), rows,
-                             ptr(y.data_ptr()), rows + PANEL)
+            lib.wavenet_gemm(FORMATS[precision], v.data_ptr(), cols, 1, cols, packed.data_ptr(),
+                             None if scale is None else scale.data_ptr(), rows, y.data_ptr(),
+                             rows + PANEL)
 
         candidates["native"] = native_mv
+
     def twenty(fn) -> int:
         for _ in range(20):
             fn()
         return 20
 
-    best = 0.0
+    best = None
     for fn in candidates.values():
         twenty(fn)  # warm-up
-        best = max(best, best_rate(lambda fn=fn: twenty(fn), seconds / 2))
+        rate = best_rate(lambda fn=fn: twenty(fn), seconds / 2)
+        best = rate if best is None else max(best, rate)
     return best
 
 
@@ -294,24 +305,37 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path,
         row = {"model": name, "parameters": model.num_parameters(),
                "receptive_field": model.receptive_field, "generation": []}
         torch.set_num_threads(1)
-        row["floor_samples_per_s"] = floor_rate(row["parameters"])
+        row["floors"] = {p: floor_rate(row["parameters"], precision=p) for p in job.precisions}
+        row["floor_samples_per_s"] = row["floors"].get("fp32") or floor_rate(row["parameters"])
         for batch in job.batch_sizes:
             threads = 1 if batch == 1 else threads_default
             torch.set_num_threads(threads)
-            rates = {method: generation_rate(model, batch, method, threads, job.fast_seconds)
+            # the PyTorch paths in fp32: the reference the compiled step is compared with
+            rates = {method: generation_rate(model, batch, method, threads, job.fast_seconds,
+                                             precision="fp32")
                      for method in ("fast", "incremental")}
             rates["naive"] = generation_rate(model, batch, "naive", threads,
-                                             steps=job.naive_steps)
+                                             steps=job.naive_steps, precision="fp32")
             floor = row["floor_samples_per_s"]
+            by_precision = {p: rates["fast"] if p == "fp32" else generation_rate(
+                model, batch, "fast", threads, job.fast_seconds, precision=p)
+                for p in job.precisions}
             row["generation"].append({
                 "batch": batch, "threads": threads, **rates,
                 "fast_method": resolve_method(model, "fast"),
                 "fast_over_naive": rates["fast"] / rates["naive"],
                 "fast_over_incremental": rates["fast"] / rates["incremental"],
-                "fraction_of_floor": rates["fast"] / floor if batch == 1 else None})
+                "fraction_of_floor": rates["fast"] / floor if batch == 1 else None,
+                "precisions": [{"precision": p, "runs_as": resolve_precision(model, "fast", p),
+                                "samples_per_s": rate, "over_fp32": rate / rates["fast"],
+                                "fraction_of_floor": (
+                                    rate / row["floors"][p] if batch == 1 and row["floors"][p]
+                                    else None)}
+                               for p, rate in by_precision.items()]})
             print(f"{name} batch {batch} ({threads} thread(s)): fast {rates['fast']:,.0f}, "
                   f"incremental {rates['incremental']:,.0f}, naive {rates['naive']:,.1f} "
-                  "samples/s", flush=True)
+                  "samples/s; fast by precision: " + ", ".join(
+                      f"{p} {r:,.0f}" for p, r in by_precision.items()), flush=True)
         torch.set_num_threads(threads_default)
         if torch.cuda.is_available():  # the same steps on the GPU (the incremental path)
             on_gpu = WaveNet(cfg).eval().cuda()
@@ -360,9 +384,24 @@ def format_table(report: dict) -> str:
                 f"| {g['fast']:,.0f} | {g['fast_over_naive']:,.0f}x "
                 f"| {g['fast_over_incremental']:.1f}x "
                 f"| {'' if fraction is None else f'{fraction:.0%}'} |")
-    lines += ["", "Generation in samples/s, all streams together. fast ran as: "
+    lines += ["", "Generation in samples/s, all streams together, fp32 weights. fast ran as: "
               + ", ".join(sorted({g["fast_method"] for row in report["results"]
-                                  for g in row["generation"]})) + ".",
+                                  for g in row["generation"]})) + ".", "",
+              "The fast path by weight precision (`precision=`; floor: one pass over the "
+              "weights packed in that precision, one thread):", "",
+              "| model | batch | threads | precision | runs as | samples/s | vs fp32 | floor "
+              "| fraction of floor |", "|---|---:|---:|---|---|---:|---:|---:|---:|"]
+    for row in report["results"]:
+        for g in row["generation"]:
+            for p in g.get("precisions", []):
+                floor = row.get("floors", {}).get(p["precision"])
+                fraction = p.get("fraction_of_floor")
+                lines.append(
+                    f"| {row['model']} | {g['batch']} | {g['threads']} | {p['precision']} "
+                    f"| {p['runs_as']} | {p['samples_per_s']:,.0f} | {p['over_fp32']:.2f}x "
+                    f"| {'' if floor is None or g['batch'] != 1 else f'{floor:,.0f}'} "
+                    f"| {'' if fraction is None else f'{fraction:.0%}'} |")
+    lines += [
               "", "| model | floor: one matvec over all weights, samples/s | train samples/s "
               "| straightforward implementation | ratio | held-out NLL after the timed steps, "
               "ours / straightforward (bits) |", "|---|---:|---:|---:|---:|---:|"]

@@ -12,6 +12,8 @@ from wavenet import checks
 from wavenet.data import DataConfig
 from wavenet.errors import UserError
 from wavenet.model import WaveNetConfig
+from wavenet.quantize import DEFAULT_PRECISION
+from wavenet.quantize import PRECISIONS as WEIGHT_PRECISIONS
 from wavenet.runtime import PRECISIONS
 
 # Generation methods (wavenet.generate): they draw the same samples.
@@ -186,6 +188,8 @@ class SampleJob:
         method: "fast" (the compiled C++ step on the CPU; the PyTorch incremental path on a GPU
             or without a C++ compiler), "incremental" (ring buffers, O(layers) per sample, in
             PyTorch) or "naive" (a full forward pass per sample). All draw the same samples.
+        precision: the step's weights: "fp32", "bf16" (half the bytes: faster on the CPU) or
+            "int8" (a quarter); see `wavenet.quantize` and the README's accuracy table.
         out_dir: where files go; None uses the Hydra run folder.
         device, threads, progress: as in training.
     """
@@ -203,6 +207,7 @@ class SampleJob:
     batch_size: int = 8
     use_ema: bool = True
     method: str = "fast"
+    precision: str = DEFAULT_PRECISION
     out_dir: str | None = None
     device: str = "auto"
     threads: int | None = None
@@ -212,14 +217,15 @@ class SampleJob:
         for key in ("checkpoint", "prime", "mel_from", "out_dir"):
             setattr(self, key, checks.path(getattr(self, key)))
         check_sampling(self.n_samples, self.seconds, self.temperature, self.seed,
-                       self.prime_seconds, self.method, self.threads, n_key="n_samples")
+                       self.prime_seconds, self.method, self.threads, n_key="n_samples",
+                       precision=self.precision)
         checks.integer("batch_size", self.batch_size, 1, 4096)
         checks.device("device", self.device)
 
 
 def check_sampling(n: int, seconds: float, temperature: float, seed: int,
                    prime_seconds: float | None, method: str, threads: int | None,
-                   n_key: str = "n") -> None:
+                   n_key: str = "n", precision: str = DEFAULT_PRECISION) -> None:
     """The sampling settings of the sample job and of `Model.generate`, checked alike."""
     checks.integer(n_key, n, 1, 65536)
     checks.number("seconds", seconds, 0, 86400, lo_open=True)
@@ -229,6 +235,7 @@ def check_sampling(n: int, seconds: float, temperature: float, seed: int,
     checks.integer("seed", seed, 0, 2**63 - 1)
     checks.number("prime_seconds", prime_seconds, 0, lo_open=True, optional=True)
     checks.choice("method", method, METHODS)
+    checks.choice("precision", precision, WEIGHT_PRECISIONS)
     checks.integer("threads", threads, 1, optional=True)
 
 
@@ -265,6 +272,13 @@ class EvaluateJob:
             whose frames (log-mel spectrum, band flatness, pitch) are compared with the scored
             audio's (`sample_quality` in the results); 0 skips it.
         sample_seconds: length of each of those streams.
+        precision: the generation precision of the copy synthesis and of the samples (as in
+            sampling).
+        precisions: generation precisions to compare (e.g. [fp32,bf16,int8]): for each, the
+            held-out NLL with its rounded weights, its per-step outputs against fp32's on the
+            same inputs (teacher-forced through the fast path over `precision_seconds` of the
+            first scored file) and, for models of audio, the sample quality; [] skips it.
+        precision_seconds: length of that teacher-forced comparison.
         out: JSON file for the results; None writes evaluation.json in the Hydra run folder.
     """
 
@@ -278,6 +292,9 @@ class EvaluateJob:
     temperature: float = 1.0
     sample_streams: int = 4
     sample_seconds: float = 4.0
+    precision: str = DEFAULT_PRECISION
+    precisions: list[str] = field(default_factory=list)
+    precision_seconds: float = 1.0
     use_ema: bool = True
     out: str | None = None
     device: str = "auto"
@@ -294,6 +311,10 @@ class EvaluateJob:
         checks.number("temperature", self.temperature, 0, 100)
         checks.integer("sample_streams", self.sample_streams, 0, 4096)
         checks.number("sample_seconds", self.sample_seconds, 0, 3600, lo_open=True)
+        checks.choice("precision", self.precision, WEIGHT_PRECISIONS)
+        for i, precision in enumerate(self.precisions):
+            checks.choice(f"precisions[{i}]", precision, WEIGHT_PRECISIONS)
+        checks.number("precision_seconds", self.precision_seconds, 0, 3600, lo_open=True)
         checks.device("device", self.device)
         checks.integer("threads", self.threads, 1, optional=True)
 
@@ -317,6 +338,7 @@ class BenchJob:
             fp32, tf32 (timed on CUDA only: the CPU has no TF32) and bf16.
         train_compile: also time torch.compile'd variants; None: on CUDA only (compiling a
             training graph takes minutes on a small CPU).
+        precisions: generation weight precisions timed on the fast path (and their floors).
         out: JSON file; None writes bench.json in the Hydra run folder.
     """
 
@@ -330,6 +352,7 @@ class BenchJob:
     vocoder: bool = True
     train_device: str = "auto"
     train_precisions: list[str] = field(default_factory=lambda: ["fp32", "tf32", "bf16"])
+    precisions: list[str] = field(default_factory=lambda: list(WEIGHT_PRECISIONS))
     train_compile: bool | None = None
     out: str | None = None
 
@@ -338,6 +361,8 @@ class BenchJob:
         checks.device("train_device", self.train_device)
         for i, name in enumerate(self.train_precisions):
             checks.choice(f"train_precisions[{i}]", name, PRECISIONS)
+        for i, name in enumerate(self.precisions):
+            checks.choice(f"precisions[{i}]", name, WEIGHT_PRECISIONS)
         if not self.models:
             raise UserError("models=[]: name at least one model config, e.g. models=[small]")
         if not self.batch_sizes:

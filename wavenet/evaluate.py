@@ -23,7 +23,7 @@ from wavenet.data import (
     split_files,
 )
 from wavenet.errors import UserError
-from wavenet.generate import generate
+from wavenet.generate import generate, resolve_precision, teacher_forced
 from wavenet.model import WaveNet
 from wavenet.quality import (
     griffin_lim,
@@ -31,6 +31,7 @@ from wavenet.quality import (
     score_resyntheses,
     speech_metrics_available,
 )
+from wavenet.quantize import DEFAULT_PRECISION, at_precision
 from wavenet.runtime import resolve_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,17 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     if mel is not None and job.resynth_files:
         result["copy_synthesis"] = copy_synthesis(model, cache, ids[:job.resynth_files], cond,
                                                   job.resynth_seconds, job.seed,
-                                                  job.temperature)
+                                                  job.temperature, job.precision)
         result["mel_distance_db"] = result["copy_synthesis"]["wavenet"]["mel_distance_db"]
     if mel is None and job.sample_streams:
         result["sample_quality"] = free_running_quality(
             model, cache, ids, cond, job.sample_streams, job.sample_seconds, job.seed,
-            job.temperature, max_samples)
+            job.temperature, max_samples, job.precision)
+    if job.precisions:
+        result["precisions"] = compare_precisions(
+            model, cache, ids, cond, job.precisions, max_samples, job.precision_seconds,
+            job.sample_streams if mel is None else 0, job.sample_seconds, job.seed,
+            job.temperature)
     result.update(
         checkpoint=str(checkpoint.resolve(job.checkpoint)),
         step=ckpt["step"],
@@ -160,7 +166,70 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
               f"{q['ratio_mel']:.1f}×, band flatness {q['ratio_flatness']:.1f}×, pitch "
               f"{q['ratio_periodicity']:.1f}×; white noise {q['ceiling_ratio']:.1f}×; the data "
               "itself about 1×, a good model at most 3×)")
+    if "precisions" in result:
+        print(precision_table(result["precisions"]))
     return result
+
+
+@torch.no_grad()
+def compare_precisions(model: WaveNet, cache: AudioCache, file_ids: list[int],
+                       cond: Conditioning, precisions: list[str], max_samples: int | None,
+                       seconds: float, streams: int = 0, sample_seconds: float = 4.0,
+                       seed: int = 0, temperature: float = 1.0) -> dict:
+    """What each generation precision costs (`wavenet.quantize`): the held-out NLL with its
+    rounded weights (the files and samples `heldout_nll` scores), its per-step outputs against
+    fp32's for the same inputs (the first file's first `seconds`, teacher-forced through the
+    fast path), and with `streams`, the sample quality of streams drawn with it.
+
+    Returns:
+        {"fp32_bits_per_sample", "seconds", "rows": [{precision, runs_as, bits_per_sample,
+        bits_over_fp32, max_abs_diff, mean_abs_diff, sample_quality?}]}.
+    """
+    device = next(model.parameters()).device
+    item = file_item(cache, file_ids[0], cond, 0, min(cache.files[file_ids[0]].length,
+                                                      max(1, int(seconds * cache.sample_rate))))
+    speaker = item["speaker"][None].to(device) if "speaker" in item else None
+    mel = item["mel"][None].to(device) if "mel" in item else None
+    offset = int(item["mel_offset"]) if mel is not None else 0
+    values = model.encode_audio(item["audio"][None].to(device), mel, offset)
+    if mel is not None:  # from the frame of the excerpt's sample 0 (offset: whole frames)
+        mel = mel[:, :, offset // model.cfg.mel.hop_length:]
+    reference = teacher_forced(model, values, speaker, mel, precision="fp32")
+    fp32_bits = heldout_nll(model, cache, file_ids, max_samples, cond)["bits_per_sample"]
+    rows = []
+    for precision in precisions:
+        runs_as = resolve_precision(model, "fast", precision)
+        params = teacher_forced(model, values, speaker, mel, precision=precision)
+        bits = (fp32_bits if precision == "fp32" else heldout_nll(
+            at_precision(model, precision), cache, file_ids, max_samples, cond)
+            ["bits_per_sample"])
+        diff = (params - reference).abs()
+        row = {"precision": precision, "runs_as": runs_as, "bits_per_sample": bits,
+               "bits_over_fp32": bits - fp32_bits, "max_abs_diff": diff.max().item(),
+               "mean_abs_diff": diff.mean().item()}
+        if streams:
+            row["sample_quality"] = free_running_quality(
+                model, cache, file_ids, cond, streams, sample_seconds, seed, temperature,
+                max_samples, precision)["ratio"]
+        rows.append(row)
+    return {"fp32_bits_per_sample": fp32_bits, "seconds": values.shape[1] / cache.sample_rate,
+            "rows": rows}
+
+
+def precision_table(report: dict) -> str:
+    """`compare_precisions` as a Markdown table."""
+    quality = any("sample_quality" in r for r in report["rows"])
+    lines = [f"generation precisions (per-step outputs against fp32 over {report['seconds']:.2f}"
+             " s teacher-forced through the fast path; held-out NLL with each one's weights):",
+             "| precision | runs as | held-out NLL (bits) | vs fp32 (bits) | max abs diff "
+             "| mean abs diff |" + (" sample quality |" if quality else ""),
+             "|---|---|---:|---:|---:|---:|" + ("---:|" if quality else "")]
+    for r in report["rows"]:
+        lines.append(f"| {r['precision']} | {r['runs_as']} | {r['bits_per_sample']:.4f} "
+                     f"| {r['bits_over_fp32']:+.4f} | {r['max_abs_diff']:.2e} "
+                     f"| {r['mean_abs_diff']:.2e} |"
+                     + (f" {r['sample_quality']:.2f}× |" if "sample_quality" in r else ""))
+    return "\n".join(lines)
 
 
 def copy_synthesis_table(copy: dict) -> str:
@@ -184,8 +253,8 @@ def copy_synthesis_table(copy: dict) -> str:
 
 @torch.no_grad()
 def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond: Conditioning,
-                   seconds: float | None = None, seed: int = 0, temperature: float = 1.0
-                   ) -> dict:
+                   seconds: float | None = None, seed: int = 0, temperature: float = 1.0,
+                   precision: str = DEFAULT_PRECISION) -> dict:
     """Re-synthesize each file (or its first `seconds`) from its own log-mel features, all in
     one batch, and the same frames with Griffin-Lim, and score both against the originals.
 
@@ -215,7 +284,7 @@ def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond:
                if "speaker" in items[0] else None)
     generator = torch.Generator(device=device).manual_seed(seed)
     values = generate(model, max(frames) * hop, generator=generator, speaker=speaker,
-                      mel=mel.to(device), temperature=temperature)
+                      mel=mel.to(device), temperature=temperature, precision=precision)
     audio = model.audio_decoder(mel.to(device), len(file_ids))(values)
     ours = [x[:n * hop] for x, n in zip(audio, frames, strict=True)]
     references = [it["audio"].numpy() for it in items]
@@ -230,7 +299,8 @@ def copy_synthesis(model: WaveNet, cache: AudioCache, file_ids: list[int], cond:
 @torch.no_grad()
 def free_running_quality(model: WaveNet, cache: AudioCache, file_ids: list[int],
                          cond: Conditioning, streams: int, seconds: float, seed: int = 0,
-                         temperature: float = 1.0, max_samples: int | None = None) -> dict:
+                         temperature: float = 1.0, max_samples: int | None = None,
+                         precision: str = DEFAULT_PRECISION) -> dict:
     """Generate `streams` × `seconds` from silence and score their frames against those of the
     scored files (`quality.sample_quality`): do the samples sound like the data?"""
     rate = cache.sample_rate
@@ -243,7 +313,7 @@ def free_running_quality(model: WaveNet, cache: AudioCache, file_ids: list[int],
     length = max(1, int(seconds * rate))
     values = generate(model, length, batch_size=streams, temperature=temperature,
                       generator=generator, speaker=None if speaker is None
-                      else speaker.to(device))
+                      else speaker.to(device), precision=precision)
     ours = list(model.audio_decoder(None, streams)(values))
     real, left = [], max_samples if max_samples is not None else sum(
         cache.files[i].length for i in file_ids)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from wavenet.config import METHODS
 from wavenet.errors import UserError
 from wavenet.model import WaveNet
-from wavenet.native import NativeStepper, library, unavailable_reason
+from wavenet.native import NativeStepper, formats, library, unavailable_reason
+from wavenet.quantize import DEFAULT_PRECISION, PRECISIONS, at_precision, check
 
 log = logging.getLogger(__name__)
 NOISE_BLOCK = 1024  # steps of uniforms drawn at a time; every method draws the same ones
@@ -231,6 +232,7 @@ def generate(
     mel: torch.Tensor | None = None,
     method: str = "fast",
     threads: int | None = None,
+    precision: str = DEFAULT_PRECISION,
 ):
     """Generate new samples per stream.
 
@@ -251,6 +253,9 @@ def generate(
             "naive" (the reference: a forward pass over the last receptive field per sample).
             All draw the same samples for the same generator.
         threads: CPU threads of the compiled step (default: torch.get_num_threads()).
+        precision: the weights' format in the step, "fp32", "bf16" or "int8"
+            (`wavenet.quantize`); every method computes with the same rounded weights, so all
+            draw the same samples, but only the compiled step reads fewer bytes.
     Returns:
         values (B, length): classes, or amplitudes for "mol".
     """
@@ -264,7 +269,7 @@ def generate(
     if context is None:
         context = silence_context(model, batch_size)
     loop = make_loop(model, context, speaker, mel, method,
-                     threads or torch.get_num_threads())
+                     threads or torch.get_num_threads(), precision)
     return _sample_loop(model, loop, context[:, -1], length, temperature, generator,
                         params_out, on_samples)
 
@@ -291,12 +296,36 @@ def resolve_method(model: WaveNet, method: str) -> str:
 _warned: list[bool] = []
 
 
-def make_loop(model, context, speaker=None, mel=None, method="fast", threads=1):
+def resolve_precision(model: WaveNet, method: str, precision: str) -> str:
+    """The precision that will run: the compiled step falls back from a format this CPU lacks
+    the instructions for to the next wider one it has (int8 -> bf16), saying so once; the
+    PyTorch paths compute every precision."""
+    check(precision)
+    if resolve_method(model, method) != "native":
+        return precision
+    runs = formats()
+    wider = PRECISIONS[:PRECISIONS.index(precision) + 1]  # fp32 first
+    chosen = next(p for p in reversed(wider) if p in runs or p == "fp32")
+    if chosen != precision and precision not in _fallbacks:
+        _fallbacks.add(precision)
+        log.warning("precision=%s: this CPU lacks the instructions of its compiled step; "
+                    "generating with %s weights instead", precision, chosen)
+    return chosen
+
+
+_fallbacks: set[str] = set()
+
+
+def make_loop(model, context, speaker=None, mel=None, method="fast", threads=1,
+              precision=DEFAULT_PRECISION):
     """The stepping loop of a method, loaded with the context (B, P): see `StepLoop.advance`.
 
     mel: (B, n_mels, F) frames of the samples to make, the first of which follows the context.
+    precision: of the step's weights (`wavenet.quantize`; see `resolve_precision`).
     """
+    precision = resolve_precision(model, method, precision)
     method = resolve_method(model, method)
+    model = at_precision(model, precision)
     p = context.shape[1]
     if method == "naive":
         return StepLoop(model, naive_step(model, context, speaker, mel))
@@ -306,8 +335,28 @@ def make_loop(model, context, speaker=None, mel=None, method="fast", threads=1):
     stepper = IncrementalStepper(model)
     bias = StepBias(model, context.shape[0], speaker, mel, origin=p)
     if method == "native":
-        return NativeLoop(NativeStepper(model, stepper), state, bias, threads)
+        return NativeLoop(NativeStepper(model, stepper, precision), state, bias, threads)
     return StepLoop(model, lambda x: stepper.step(state, x, bias.at(state.t + 1)))
+
+
+@torch.no_grad()
+def teacher_forced(model: WaveNet, values: torch.Tensor, speaker: torch.Tensor | None = None,
+                   mel: torch.Tensor | None = None, method: str = "fast",
+                   precision: str = DEFAULT_PRECISION, threads: int = 1) -> torch.Tensor:
+    """The parameters a method's steps give for `values` (B, T) fed in place of their own
+    draws, after a receptive field of silence: (B, P, T), column j predicting values[:, j]
+    from values[:, :j] (how two precisions differ on the same inputs).
+
+    mel: vocoders: (B, n_mels, F) frames whose sample 0 is values[:, 0].
+    """
+    batch, length = values.shape
+    context = silence_context(model, batch, values.device)
+    loop = make_loop(model, context, speaker, mel, method, threads, precision)
+    params = torch.empty(batch, model.dist.num_params, length, device=values.device)
+    noise = torch.full((batch, length, model.dist.noise_per_sample), 0.5, device=values.device)
+    draws = torch.empty(batch, length, dtype=values.dtype, device=values.device)
+    loop.advance(context[:, -1], noise, draws, params, 1.0, forced=values)
+    return params
 
 
 def naive_step(model, context, speaker=None, mel=None):
@@ -335,14 +384,18 @@ class StepLoop:
         self.dist, self.step = model.dist, step
 
     def advance(self, x: torch.Tensor, noise: torch.Tensor, out: torch.Tensor,
-                params_out: torch.Tensor | None, temperature: float) -> torch.Tensor:
+                params_out: torch.Tensor | None, temperature: float,
+                forced: torch.Tensor | None = None) -> torch.Tensor:
         """Feed x (B,) and draw out.shape[1] samples into out (B, n), using the uniforms
-        noise (B, n, k) and writing the parameters to params_out (B, P, n) if given.
-        Returns the last sample (B,)."""
+        noise (B, n, k) and writing the parameters to params_out (B, P, n) if given. Each
+        draw is the next input, or with `forced` (B, n), forced[:, j] is the input after
+        step j (teacher forcing). Returns the last input (B,)."""
         for j in range(out.shape[1]):
             params = self.step(x)
             x = self.dist.sample(params, temperature, noise[:, j])
             out[:, j] = x
+            if forced is not None:
+                x = forced[:, j]
             if params_out is not None:
                 params_out[:, :, j] = params
         return x
@@ -355,10 +408,12 @@ class NativeLoop:
                  threads: int):
         self.native, self.state, self.bias, self.threads = native, state, bias, threads
 
-    def advance(self, x, noise, out, params_out, temperature):
+    def advance(self, x, noise, out, params_out, temperature, forced=None):
         """As `StepLoop.advance`."""
         x = x.to(torch.float32, copy=True).contiguous()  # the step overwrites it
         values = torch.empty(out.shape)
+        if forced is not None:
+            forced = forced.to(torch.float32).contiguous()
         done, n = 0, out.shape[1]
         while done < n:
             bias, bias_step, available = self.bias.window(self.state.t + 1)
@@ -366,11 +421,12 @@ class NativeLoop:
             self.native.run(self.state.t, x, self.state.storage, bias, bias_step,
                             noise[:, done:done + m], values[:, done:done + m],
                             None if params_out is None else params_out[:, :, done:done + m],
-                            temperature, self.threads)
+                            temperature, self.threads,
+                            None if forced is None else forced[:, done:done + m])
             self.state.t += m
             done += m
         out.copy_(values)
-        return out[:, -1]
+        return out[:, -1] if forced is None else forced[:, -1].to(out.dtype)
 
 
 def _sample_loop(model, loop, last, length, temperature, generator, params, on_samples):

@@ -101,7 +101,8 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
             raise UserError("prime= and mel_from= don't go together: a vocoder follows its mel")
         out = Path(job.out_dir) if job.out_dir else out_dir
         return vocode_folder(model, Path(job.mel_from), out, job.batch_size, job.temperature,
-                             job.seed, job.method, job.threads, job.speaker, job.progress)
+                             job.seed, job.method, job.threads, job.speaker, job.progress,
+                             job.precision)
     mel, source = (model.load_mel(job.mel_from, "mel_from") if job.mel_from is not None
                    else (None, None))
     if mel is not None and job.prime is not None:
@@ -115,7 +116,8 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
               else model.samples(job.seconds))
     print(f"generating {job.n_samples} x {length / rate:g} s at {rate} Hz from {model.path} "
           f"(step {model.step}, {'EMA' if model.weights == 'ema' else 'raw'} weights, "
-          f"{model.method(job.method)} path, temperature {job.temperature:g}, seed {job.seed}"
+          f"{model.method(job.method)} path, {model.precision(job.method, job.precision)} "
+          f"weights, temperature {job.temperature:g}, seed {job.seed}"
           + (f", speaker {job.speaker}" if job.speaker is not None else "")
           + (f", mel from {job.mel_from}" if mel is not None else "") + ")")
     paths = [out_dir / f"sample_{i:02d}.wav" for i in range(job.n_samples)]
@@ -137,7 +139,8 @@ def sample(job: SampleJob, out_dir: Path) -> list[Path]:
 
         audio = model.generate(job.seconds, job.n_samples, prime=prime, speaker=job.speaker,
                                mel=mel, temperature=job.temperature, seed=job.seed,
-                               method=job.method, threads=job.threads, on_samples=on_samples)
+                               method=job.method, threads=job.threads,
+                               precision=job.precision, on_samples=on_samples)
     elapsed = time.perf_counter() - start
     for wav, stream in zip(paths, audio, strict=True):
         if prime is not None and job.include_prime:

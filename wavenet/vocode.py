@@ -14,6 +14,7 @@ import torch
 from wavenet.api import Model
 from wavenet.audio import AudioError, audio_extensions
 from wavenet.features import frame_window
+from wavenet.quantize import DEFAULT_PRECISION
 from wavenet.runtime import progress_bar
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _frames_hint(path: Path, model: Model) -> int:
 
 def vocode_folder(model: Model, root: Path, out_dir: Path, batch: int, temperature: float,
                   seed: int, method: str, threads: int | None, speaker: str | int | None,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, precision: str = DEFAULT_PRECISION) -> list[Path]:
     """Vocode every file below `root` into out_dir/<relative path>.wav, `batch` at a time.
 
     Files are sorted by length so that a batch's streams are about as long as each other; the
@@ -63,7 +64,8 @@ def vocode_folder(model: Model, root: Path, out_dir: Path, batch: int, temperatu
             padded = np.stack([frame_window(f, 0, longest, model.net.cfg.mel.log_floor).numpy()
                                for f in feats])
             audio = model.generate(mel=padded, temperature=temperature, seed=seed + b,
-                                   method=method, threads=threads, speaker=speaker)
+                                   method=method, threads=threads, speaker=speaker,
+                                   precision=precision)
             for path, f, stream in zip(group, feats, audio, strict=True):
                 out = out_dir / path.relative_to(root).with_suffix(".wav")
                 out.parent.mkdir(parents=True, exist_ok=True)

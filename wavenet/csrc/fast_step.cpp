@@ -5,10 +5,17 @@
 // runs many steps (and the sampling) with no allocation and no dispatch, so the cost is reading
 // the weights once per step.
 //
-// Layouts (all float32, prepared by wavenet/native.py):
-// - every weight matrix W (in K, out N) is packed in panels of 16 output columns:
-//   panel p holds W[k][16p .. 16p+15] for k = 0..K-1, contiguous; N is padded with zeros to a
-//   multiple of 16 (`padded`);
+// Layouts (prepared by wavenet/native.py):
+// - every weight matrix W (in K, out N) is packed in panels of 16 output columns, N padded with
+//   zeros to a multiple of 16 (`padded`). Panel p holds W[k][16p .. 16p+15], k = 0..K-1,
+//   contiguous, in one of three formats (`WavenetNet::format`):
+//   fp32: one float per weight;
+//   bf16: the top half of each weight's float (rounded by the packer), two rows per 32-bit word:
+//         word j of row pair i holds row 2i in its low half and row 2i+1 in its high half, so
+//         a shift and a mask widen 32 weights back to floats exactly (K padded to even);
+//   int8: one signed byte per weight, times its column's scale (`*_s`, one float per padded
+//         column), applied once to each finished sum.
+//   Activations stay float32 and every sum is accumulated in float32, in k order.
 // - ring buffers: one block per stream holding every layer's (k-1)·d time slots of R floats,
 //   layer after layer (the (B, C, T) tensors the caller sees are views with time-major strides);
 // - activations are rows of one stream each.
@@ -25,22 +32,80 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
+// A panel row of 16 columns: one AVX-512 register, or two AVX2 ones where the CPU has no
+// AVX-512 (the compiler splits the operations).
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef int8_t v16b __attribute__((vector_size(16)));
 
 constexpr int kPanel = 16;
 
 inline int padded(int n) { return (n + kPanel - 1) / kPanel * kPanel; }
 
-inline v8f load8(const float* p) {
-  v8f v;
+template <typename V>
+inline V load(const void* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
+inline v8f load8(const float* p) { return load<v8f>(p); }
 inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+inline void store16(float* p, v16f v) { std::memcpy(p, &v, sizeof v); }
 inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+inline v16f splat16(float x) { return v16f{} + x; }
+
+// The weight formats (see the top of the file). Each says how many rows one packed panel row
+// holds (`kRows`), how long a panel of K rows is, and how to widen one packed row to floats.
+struct Fp32 {
+  using T = float;
+  static constexpr int kRows = 1;
+  static int64_t panel_size(int K) { return static_cast<int64_t>(K) * kPanel; }
+  static void widen(const T* p, v16f* w) { w[0] = load<v16f>(p); }
+};
+struct Bf16 {
+  using T = uint32_t;
+  static constexpr int kRows = 2;
+  static int64_t panel_size(int K) { return static_cast<int64_t>((K + 1) / 2) * kPanel; }
+  static void widen(const T* p, v16f* w) {
+    v16u pair = load<v16u>(p);
+    w[0] = (v16f)(pair << 16);
+    w[1] = (v16f)(pair & 0xFFFF0000u);
+  }
+};
+struct Int8 {
+  using T = int8_t;
+  static constexpr int kRows = 1;
+  static int64_t panel_size(int K) { return static_cast<int64_t>(K) * kPanel; }
+  // Sign extension of bytes needs its own instruction (GCC 12 scalarizes the generic
+  // conversion), so int8 is offered only where it exists (`wavenet_formats`).
+  static void widen(const T* p, v16f* w) {
+#if defined(__AVX512F__)
+    w[0] = (v16f)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+#elif defined(__AVX2__)
+    __m128i bytes = _mm_loadu_si128((const __m128i*)p);
+    v8f half[2] = {(v8f)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)),
+                   (v8f)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)))};
+    std::memcpy(&w[0], half, sizeof half);
+#else
+    w[0] = __builtin_convertvector(__builtin_convertvector(load<v16b>(p), v16i), v16f);
+#endif
+  }
+};
+
+#if defined(__AVX2__)
+constexpr int kFormats = 0b111;  // fp32, bf16, int8 (bit n: WavenetNet::format n)
+#else
+constexpr int kFormats = 0b011;
+#endif
 
 // exp(x) to about 2 ulp: x = n·ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial
 // (truncation error < 6e-9), 2^n put straight into the exponent bits.
@@ -70,56 +135,77 @@ inline v8f gate8(v8f f, v8f g) {
   return tanh_f / (one + exp8(-g));
 }
 
-// Y[m][16p + j] += sum_k X[m][k] · panel_p[k][j] for MB rows and NP panels starting at `first`.
-template <int MB, int NP>
-inline void kernel(const float* X, int ldx, int K, const float* W, int first, float* Y, int ldy) {
-  v8f acc[MB][NP][2] = {};
-  const float* panel[NP];
-  for (int q = 0; q < NP; ++q) panel[q] = W + static_cast<int64_t>(first + q) * K * kPanel;
-  for (int k = 0; k < K; ++k) {
-    v8f w[NP][2];
-    for (int q = 0; q < NP; ++q) {
-      w[q][0] = load8(panel[q] + k * kPanel);
-      w[q][1] = load8(panel[q] + k * kPanel + 8);
-    }
-    for (int m = 0; m < MB; ++m) {
-      v8f xv = splat(X[m * ldx + k]);
-      for (int q = 0; q < NP; ++q) {
-        acc[m][q][0] += xv * w[q][0];
-        acc[m][q][1] += xv * w[q][1];
+// Y[m][16p + j] += scale[16p + j] · sum_k X[m][k] · panel_p[k][j] for MB rows and NP panels
+// starting at `first` (scale: int8 only).
+template <typename F, int MB, int NP>
+inline void kernel(const float* X, int ldx, int K, const typename F::T* W, const float* scale,
+                   int first, float* Y, int ldy) {
+  constexpr int kR = F::kRows;
+  v16f acc[MB][NP] = {};
+  const typename F::T* panel[NP];
+  for (int q = 0; q < NP; ++q) panel[q] = W + (first + q) * F::panel_size(K);
+  int k = 0;
+  for (; k + kR <= K; k += kR) {
+    v16f w[NP][kR];
+    for (int q = 0; q < NP; ++q) F::widen(panel[q] + k / kR * kPanel, w[q]);
+    for (int r = 0; r < kR; ++r)
+      for (int m = 0; m < MB; ++m) {
+        v16f xv = splat16(X[m * ldx + k + r]);
+        for (int q = 0; q < NP; ++q) acc[m][q] += xv * w[q][r];
       }
-    }
+  }
+  if (k < K) {  // bf16 with K odd: the last word's low half only
+    v16f w[NP][kR];
+    for (int q = 0; q < NP; ++q) F::widen(panel[q] + k / kR * kPanel, w[q]);
+    for (int m = 0; m < MB; ++m)
+      for (int q = 0; q < NP; ++q) acc[m][q] += splat16(X[m * ldx + k]) * w[q][0];
   }
   for (int m = 0; m < MB; ++m)
     for (int q = 0; q < NP; ++q) {
-      float* y = Y + m * ldy + static_cast<int64_t>(first + q) * kPanel;
-      store8(y, load8(y) + acc[m][q][0]);
-      store8(y + 8, load8(y + 8) + acc[m][q][1]);
+      const int64_t column = static_cast<int64_t>(first + q) * kPanel;
+      float* y = Y + m * ldy + column;
+      v16f sum = acc[m][q];
+      if (std::is_same<F, Int8>::value) sum *= load<v16f>(scale + column);
+      store16(y, load<v16f>(y) + sum);
     }
 }
 
 // All panels for MB rows: NP panels at a time (enough independent accumulators to hide the FMA
 // latency), then one at a time.
-template <int MB, int NP>
-inline void rows(const float* X, int ldx, int K, const float* W, int panels, float* Y, int ldy) {
+template <typename F, int MB, int NP>
+inline void rows(const float* X, int ldx, int K, const typename F::T* W, const float* scale,
+                 int panels, float* Y, int ldy) {
   int p = 0;
-  for (; p + NP <= panels; p += NP) kernel<MB, NP>(X, ldx, K, W, p, Y, ldy);
-  for (; p < panels; ++p) kernel<MB, 1>(X, ldx, K, W, p, Y, ldy);
+  for (; p + NP <= panels; p += NP) kernel<F, MB, NP>(X, ldx, K, W, scale, p, Y, ldy);
+  for (; p < panels; ++p) kernel<F, MB, 1>(X, ldx, K, W, scale, p, Y, ldy);
 }
 
-// Y (M × padded(N), holding the bias) += X (M × K) · W (packed).
-void gemm(const float* X, int ldx, int M, int K, const float* W, int N, float* Y, int ldy) {
+#ifdef __AVX512F__
+constexpr bool kWide = true;  // 32 vector registers of 16 floats: bigger blocks fit
+#else
+constexpr bool kWide = false;
+#endif
+
+// Y (M × padded(N), holding the bias) += X (M × K) · W (packed in format F; scale: int8's).
+// Blocks of rows share each widened weight row; a block's accumulators must fit the registers.
+template <typename F>
+void gemm(const float* X, int ldx, int M, int K, const typename F::T* W, const float* scale,
+          int N, float* Y, int ldy) {
+  constexpr int kBlock = kWide ? 8 : 6;
   int panels = padded(N) / kPanel;
   int m = 0;
-  for (; m + 6 <= M; m += 6) rows<6, 1>(X + m * ldx, ldx, K, W, panels, Y + m * ldy, ldy);
+  for (; m + kBlock <= M; m += kBlock)
+    rows<F, kBlock, kWide ? 2 : 1>(X + m * ldx, ldx, K, W, scale, panels, Y + m * ldy, ldy);
   const float* x = X + m * ldx;
   float* y = Y + m * ldy;
   switch (M - m) {
-    case 1: rows<1, 4>(x, ldx, K, W, panels, y, ldy); break;
-    case 2: rows<2, 2>(x, ldx, K, W, panels, y, ldy); break;
-    case 3: rows<3, 2>(x, ldx, K, W, panels, y, ldy); break;
-    case 4: rows<4, 1>(x, ldx, K, W, panels, y, ldy); break;
-    case 5: rows<5, 1>(x, ldx, K, W, panels, y, ldy); break;
+    case 1: rows<F, 1, 4>(x, ldx, K, W, scale, panels, y, ldy); break;
+    case 2: rows<F, 2, kWide ? 4 : 2>(x, ldx, K, W, scale, panels, y, ldy); break;
+    case 3: rows<F, 3, 2>(x, ldx, K, W, scale, panels, y, ldy); break;
+    case 4: rows<F, 4, kWide ? 2 : 1>(x, ldx, K, W, scale, panels, y, ldy); break;
+    case 5: rows<F, 5, kWide ? 2 : 1>(x, ldx, K, W, scale, panels, y, ldy); break;
+    case 6: rows<F, 6, 2>(x, ldx, K, W, scale, panels, y, ldy); break;
+    case 7: rows<F, 7, 2>(x, ldx, K, W, scale, panels, y, ldy); break;
     default: break;
   }
 }
@@ -136,16 +222,21 @@ struct WavenetNet {
   int32_t layers, kernel_size, residual, gate, skip, params;
   int32_t continuous_input;  // 1: input projection of an amplitude; 0: embedding of a class
   int32_t mixtures;          // > 0: discretized logistic mixture output; 0: categorical
+  int32_t format;            // of the packed weights: 0 fp32, 1 bf16, 2 int8
   float skip_scale, log_scale_min, levels;
   const int32_t* dilations;  // (layers,)
   const float* embed;        // (classes, R), or the input projection: weight (R,), bias (R,)
-  const float* conv_w;       // per layer: packed (k·R, 2G), oldest tap's rows first
-  const float* out_w;        // per layer: packed (G, R+S)
+  const void* conv_w;        // per layer: packed (k·R, 2G), oldest tap's rows first
+  const void* out_w;         // per layer: packed (G, R+S)
   const float* out_b;        // per layer: (padded(R+S),)
-  const float* head1_w;      // packed (S, S)
+  const void* head1_w;       // packed (S, S)
   const float* head1_b;      // (padded(S),)
-  const float* head2_w;      // packed (S, P)
+  const void* head2_w;       // packed (S, P)
   const float* head2_b;      // (padded(P),)
+  const float* conv_s;       // int8: per layer, (padded(2G),) column scales; else unused
+  const float* out_s;        // int8: per layer, (padded(R+S),)
+  const float* head1_s;      // int8: (padded(S),)
+  const float* head2_s;      // int8: (padded(P),)
 };
 
 // One call: `steps` steps for `batch` streams.
@@ -164,6 +255,8 @@ struct WavenetRun {
   int64_t out_b;
   float* params_out;  // optional: parameter c of stream b, step j: params_out[b·pb + c·pc + j]
   int64_t params_b, params_c;
+  const float* forced;  // optional: teacher forcing, the input of stream b after step j is
+  int64_t forced_b;     // forced[b·forced_b + j] instead of the sample drawn
 };
 
 }  // extern "C"
@@ -206,7 +299,9 @@ float draw_mixture(const float* p, int k, float temperature, float log_scale_min
                   levels);
 }
 
+template <typename F>
 void run_streams(const WavenetNet& net, const WavenetRun& run, int b0, int b1) {
+  using T = typename F::T;
   const int M = b1 - b0, L = net.layers, k = net.kernel_size, R = net.residual, G = net.gate,
             S = net.skip, P = net.params;
   const int KR = k * R, Z = padded(2 * G), O = padded(R + S), H = padded(S), PP = padded(P);
@@ -230,8 +325,10 @@ void run_streams(const WavenetNet& net, const WavenetRun& run, int b0, int b1) {
       }
     }
     std::fill(skip.begin(), skip.end(), 0.0f);
-    const float* conv_w = net.conv_w;
-    const float* out_w = net.out_w;
+    const T* conv_w = static_cast<const T*>(net.conv_w);
+    const T* out_w = static_cast<const T*>(net.out_w);
+    const float* conv_s = net.conv_s;
+    const float* out_s = net.out_s;
     for (int l = 0; l < L; ++l) {
       const int64_t d = net.dilations[l], span = (k - 1) * d;
       for (int m = 0; m < M; ++m) {
@@ -247,7 +344,7 @@ void run_streams(const WavenetNet& net, const WavenetRun& run, int b0, int b1) {
         std::memcpy(&z[m * Z], b, 2 * G * sizeof(float));
         std::fill(&z[m * Z] + 2 * G, &z[m * Z] + Z, 0.0f);
       }
-      gemm(xcat.data(), KR, M, KR, conv_w, 2 * G, z.data(), Z);
+      gemm<F>(xcat.data(), KR, M, KR, conv_w, conv_s, 2 * G, z.data(), Z);
       for (int m = 0; m < M; ++m) {
         const float* filt = &z[m * Z];
         const float* gate = filt + G;
@@ -263,25 +360,29 @@ void run_streams(const WavenetNet& net, const WavenetRun& run, int b0, int b1) {
         }
         std::memcpy(&o[m * O], net.out_b + l * O, O * sizeof(float));
       }
-      gemm(gated.data(), G, M, G, out_w, R + S, o.data(), O);
+      gemm<F>(gated.data(), G, M, G, out_w, out_s, R + S, o.data(), O);
       for (int m = 0; m < M; ++m) {
         const float* res = &o[m * O];
         for (int c = 0; c < R; ++c) h[m * R + c] = (h[m * R + c] + res[c]) * sqrt_half;
         for (int c = 0; c < S; ++c) skip[m * S + c] += res[R + c];
       }
-      conv_w += static_cast<int64_t>(Z) * KR;
-      out_w += static_cast<int64_t>(O) * G;
+      conv_w += Z / kPanel * F::panel_size(KR);
+      out_w += O / kPanel * F::panel_size(G);
+      if (conv_s != nullptr) conv_s += Z;
+      if (out_s != nullptr) out_s += O;
     }
     for (int m = 0; m < M; ++m) {
       for (int c = 0; c < S; ++c) act[m * S + c] = std::max(skip[m * S + c] * net.skip_scale, 0.0f);
       std::memcpy(&hidden[m * H], net.head1_b, H * sizeof(float));
     }
-    gemm(act.data(), S, M, S, net.head1_w, S, hidden.data(), H);
+    gemm<F>(act.data(), S, M, S, static_cast<const T*>(net.head1_w), net.head1_s, S,
+            hidden.data(), H);
     for (int m = 0; m < M; ++m) {
       for (int c = 0; c < S; ++c) act[m * S + c] = std::max(hidden[m * H + c], 0.0f);
       std::memcpy(&params[m * PP], net.head2_b, PP * sizeof(float));
     }
-    gemm(act.data(), S, M, S, net.head2_w, P, params.data(), PP);
+    gemm<F>(act.data(), S, M, S, static_cast<const T*>(net.head2_w), net.head2_s, P,
+            params.data(), PP);
     for (int m = 0; m < M; ++m) {
       const int64_t b = b0 + m;
       const float* p = &params[m * PP];
@@ -290,34 +391,47 @@ void run_streams(const WavenetNet& net, const WavenetRun& run, int b0, int b1) {
                         ? draw_mixture(p, net.mixtures, run.temperature, net.log_scale_min,
                                        net.levels, u, cdf.data())
                         : static_cast<float>(draw_category(p, P, run.temperature, u[0], cdf.data()));
-      x[m] = value;
       run.out[b * run.out_b + step] = value;
+      x[m] = run.forced != nullptr ? run.forced[b * run.forced_b + step] : value;
       if (run.params_out != nullptr)
         for (int c = 0; c < P; ++c) run.params_out[b * run.params_b + c * run.params_c + step] = p[c];
     }
   }
 }
 
-}  // namespace
-
-extern "C" int wavenet_run(const WavenetNet* net, const WavenetRun* run) {
-  int threads = std::max(1, std::min(run->threads, run->batch));
+template <typename F>
+void run_all(const WavenetNet& net, const WavenetRun& run) {
+  int threads = std::max(1, std::min(run.threads, run.batch));
   if (threads == 1) {
-    run_streams(*net, *run, 0, run->batch);
-    return 0;
+    run_streams<F>(net, run, 0, run.batch);
+    return;
   }
   // Streams are independent, so each thread runs its share of them through all the steps: no
   // synchronization inside the loop.
   std::vector<std::thread> pool;
   for (int i = 0; i < threads; ++i) {
-    int b0 = run->batch * i / threads, b1 = run->batch * (i + 1) / threads;
-    pool.emplace_back(run_streams, std::cref(*net), std::cref(*run), b0, b1);
+    int b0 = run.batch * i / threads, b1 = run.batch * (i + 1) / threads;
+    pool.emplace_back(run_streams<F>, std::cref(net), std::cref(run), b0, b1);
   }
   for (auto& thread : pool) thread.join();
-  return 0;
 }
 
-extern "C" int wavenet_abi_version() { return 2; }
+}  // namespace
+
+// Returns 0, or -1 for an unknown weight format.
+extern "C" int wavenet_run(const WavenetNet* net, const WavenetRun* run) {
+  switch (net->format) {
+    case 0: run_all<Fp32>(*net, *run); return 0;
+    case 1: run_all<Bf16>(*net, *run); return 0;
+    case 2: run_all<Int8>(*net, *run); return 0;
+    default: return -1;
+  }
+}
+
+extern "C" int wavenet_abi_version() { return 3; }
+
+// The weight formats this build runs well, bit n for WavenetNet::format n.
+extern "C" int wavenet_formats() { return kFormats; }
 
 namespace {
 
@@ -337,12 +451,14 @@ constexpr int64_t kNetLayout[] = {
     WAVENET_FIELD(WavenetNet, residual),     WAVENET_FIELD(WavenetNet, gate),
     WAVENET_FIELD(WavenetNet, skip),         WAVENET_FIELD(WavenetNet, params),
     WAVENET_FIELD(WavenetNet, continuous_input), WAVENET_FIELD(WavenetNet, mixtures),
-    WAVENET_FIELD(WavenetNet, skip_scale),   WAVENET_FIELD(WavenetNet, log_scale_min),
+    WAVENET_FIELD(WavenetNet, format),       WAVENET_FIELD(WavenetNet, skip_scale),   WAVENET_FIELD(WavenetNet, log_scale_min),
     WAVENET_FIELD(WavenetNet, levels),       WAVENET_FIELD(WavenetNet, dilations),
     WAVENET_FIELD(WavenetNet, embed),        WAVENET_FIELD(WavenetNet, conv_w),
     WAVENET_FIELD(WavenetNet, out_w),        WAVENET_FIELD(WavenetNet, out_b),
     WAVENET_FIELD(WavenetNet, head1_w),      WAVENET_FIELD(WavenetNet, head1_b),
-    WAVENET_FIELD(WavenetNet, head2_w),      WAVENET_FIELD(WavenetNet, head2_b)};
+    WAVENET_FIELD(WavenetNet, head2_w),      WAVENET_FIELD(WavenetNet, head2_b),
+    WAVENET_FIELD(WavenetNet, conv_s),       WAVENET_FIELD(WavenetNet, out_s),
+    WAVENET_FIELD(WavenetNet, head1_s),      WAVENET_FIELD(WavenetNet, head2_s)};
 constexpr int64_t kRunLayout[] = {
     WAVENET_FIELD(WavenetRun, batch),       WAVENET_FIELD(WavenetRun, steps),
     WAVENET_FIELD(WavenetRun, threads),     WAVENET_FIELD(WavenetRun, t),
@@ -353,7 +469,8 @@ constexpr int64_t kRunLayout[] = {
     WAVENET_FIELD(WavenetRun, noise_b),     WAVENET_FIELD(WavenetRun, noise_step),
     WAVENET_FIELD(WavenetRun, out),         WAVENET_FIELD(WavenetRun, out_b),
     WAVENET_FIELD(WavenetRun, params_out),  WAVENET_FIELD(WavenetRun, params_b),
-    WAVENET_FIELD(WavenetRun, params_c)};
+    WAVENET_FIELD(WavenetRun, params_c),    WAVENET_FIELD(WavenetRun, forced),
+    WAVENET_FIELD(WavenetRun, forced_b)};
 #undef WAVENET_FIELD
 
 }  // namespace
@@ -373,9 +490,15 @@ extern "C" int wavenet_struct_layout(int which, int64_t* out, int capacity) {
   return static_cast<int>(n / 3);
 }
 
-// Y (M × padded(N), holding the bias) += X (M × K) · W (packed): the kernel alone, for the
-// benchmark's floor (one matrix-vector product over all weights).
-extern "C" void wavenet_gemm(const float* X, int ldx, int M, int K, const float* W, int N,
-                             float* Y, int ldy) {
-  gemm(X, ldx, M, K, W, N, Y, ldy);
+// Y (M × padded(N), holding the bias) += X (M × K) · W (packed in `format`, with int8's column
+// scales): the kernel alone, for the benchmark's floor (one matrix-vector product over all
+// weights). Returns 0, or -1 for an unknown format.
+extern "C" int wavenet_gemm(int format, const float* X, int ldx, int M, int K, const void* W,
+                            const float* scale, int N, float* Y, int ldy) {
+  switch (format) {
+    case 0: gemm<Fp32>(X, ldx, M, K, static_cast<const float*>(W), scale, N, Y, ldy); return 0;
+    case 1: gemm<Bf16>(X, ldx, M, K, static_cast<const uint32_t*>(W), scale, N, Y, ldy); return 0;
+    case 2: gemm<Int8>(X, ldx, M, K, static_cast<const int8_t*>(W), scale, N, Y, ldy); return 0;
+    default: return -1;
+  }
 }
