@@ -19,6 +19,7 @@ from wavenet.generate import (
     silence_context,
 )
 from wavenet.model import WaveNet, WaveNetConfig
+from wavenet.quantize import DEFAULT_PRECISION, at_precision
 
 MEL = MelConfig(n_fft=64, hop_length=8, n_mels=5)
 
@@ -70,8 +71,10 @@ def test_fast_generation_equals_teacher_forced_forward(variant, prime_length, me
         context = silence_context(model, 3)
     p = context.shape[1]
     sequence = torch.cat([context, values], dim=1)
+    # The default precision's weights (`quantize.at_precision`) compute every step.
     with torch.no_grad():  # the sequence starts p samples before the mel frames' first
-        full = model(sequence[:, :-1], speaker, mel, mel_offset=-p)
+        full = at_precision(model, DEFAULT_PRECISION)(sequence[:, :-1], speaker, mel,
+                                                      mel_offset=-p)
     torch.testing.assert_close(params, full[:, :, p - 1:], rtol=1e-4, atol=1e-5)
     assert values.shape == (3, 48) and not torch.equal(values[0], values[1])
 

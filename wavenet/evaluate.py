@@ -302,7 +302,8 @@ def free_running_quality(model: WaveNet, cache: AudioCache, file_ids: list[int],
                          temperature: float = 1.0, max_samples: int | None = None,
                          precision: str = DEFAULT_PRECISION) -> dict:
     """Generate `streams` × `seconds` from silence and score their frames against those of the
-    scored files (`quality.sample_quality`): do the samples sound like the data?"""
+    scored files (`quality.sample_quality`): do the samples sound like the data? The real side
+    is the scored audio (`max_samples`), but never less than 4 times the generated audio."""
     rate = cache.sample_rate
     speaker = None
     if cond.speakers is not None:
@@ -315,8 +316,12 @@ def free_running_quality(model: WaveNet, cache: AudioCache, file_ids: list[int],
                       generator=generator, speaker=None if speaker is None
                       else speaker.to(device), precision=precision)
     ours = list(model.audio_decoder(None, streams)(values))
-    real, left = [], max_samples if max_samples is not None else sum(
-        cache.files[i].length for i in file_ids)
+    # The floor compares disjoint parts of the real audio as long as the samples: with less
+    # than a few times their length (a small max_seconds) it would compare a stretch with
+    # itself, and every score would look hundreds of times worse than it is.
+    real, left = [], sum(cache.files[i].length for i in file_ids)
+    if max_samples is not None:
+        left = min(left, max(max_samples, 4 * streams * length))
     for i in file_ids:
         if left <= 0:
             break

@@ -4,6 +4,9 @@
 sample costs O(layers) matrix-vector products instead of a forward pass over the receptive field
 ("naive"). "fast" runs the same algorithm in the compiled step (wavenet/native.py), many steps
 per call.
+Every method computes with the weights of the generation precision (`wavenet.quantize`:
+fp32, bf16 or int8 matrices), so all three draw the same samples within a precision; only the
+compiled step reads fewer bytes for it.
 Conditioning (conv biases, speaker, upsampled mel) is folded into one additive input per layer
 and step, computed ahead of the loop a chunk at a time. All generation state is created and owned
 by the generation call; modules hold no buffers.
