@@ -49,6 +49,16 @@ def test_bench_reports_every_figure(tmp_path):
     first = row["generation"][0]
     assert first["fraction_of_floor"] > 0
     assert first["fast"] > 0 and first["incremental"] > 0 and first["naive"] > 0
+    # every generation precision, at every batch, and its own floor at batch 1
+    assert set(row["floors"]) == {"fp32", "bf16", "int8"}
+    assert all(f > 0 for f in row["floors"].values())
+    for g in row["generation"]:
+        by = {p["precision"]: p for p in g["precisions"]}
+        assert list(by) == ["fp32", "bf16", "int8"] and by["fp32"]["samples_per_s"] == g["fast"]
+        assert all(p["samples_per_s"] > 0 and p["runs_as"] == p["precision"]
+                   for p in by.values())
+        assert all((p["fraction_of_floor"] is not None) == (g["batch"] == 1)
+                   for p in by.values())
     assert report["machine"]["torch"]
     assert report["vocoder"]["samples_per_s"] > 0 and report["vocoder"]["n_mels"] == 5
     assert report["vocoder"]["times_real_time"] == report["vocoder"]["samples_per_s"] / 16000

@@ -1,7 +1,7 @@
 """Generation precisions (`precision=fp32|bf16|int8`): the rounding rules, the packed formats,
-every method drawing the same streams within a precision, the fallback, and how evaluate and
-the bench report them. The compiled step against its reference in each precision, at real
-widths and every batch tiling, is in test_fastpaths.py."""
+every method drawing the same streams within a precision, the fallback, and how evaluate
+reports them (the bench's rows: test_bench.py). The compiled step against its reference in
+each precision, at real widths and every batch tiling, is in test_fastpaths.py."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ import wavenet.generate as generate_module
 from tests.conftest import compose_job, tiny_train_overrides, write_tone_folder
 from tests.test_generate import VARIANTS, conditioning, random_context, tiny
 from wavenet import native
-from wavenet.bench import bench
-from wavenet.cli import model_config
 from wavenet.errors import UserError
 from wavenet.evaluate import evaluate
 from wavenet.generate import METHODS, generate, resolve_precision, teacher_forced
+from wavenet.model import WaveNet, WaveNetConfig
 from wavenet.quantize import PRECISIONS, at_precision, int8_rows, rounded, step_matrices
 from wavenet.train import train
 
@@ -93,12 +92,26 @@ def test_int8_packing_holds_the_rounded_weights():
     assert not q[:, 20:].any()
 
 
+def real_width_model(**kw) -> WaveNet:
+    """3 layers of `model=base`'s widths (64/128/256), seeded."""
+    torch.manual_seed(0)
+    return WaveNet(WaveNetConfig(layers_per_cycle=3, cycles=1, residual_channels=64,
+                                 gate_channels=128, skip_channels=256, **kw)).eval()
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("variant", ["mulaw-k2", "all"])
-def test_every_method_draws_the_same_samples_within_a_precision(variant, precision):
-    model = tiny(**VARIANTS[variant])
-    speaker, mel = conditioning(model, 5)
-    prime = random_context(model, 5, 20, torch.Generator().manual_seed(2))
+@pytest.mark.parametrize(("variant", "batch"), [
+    ("mulaw-k2", 5), ("all", 5), ("real", 1), ("real", 4), ("real", 5), ("real", 32),
+    ("real-all", 4)])
+def test_every_method_draws_the_same_samples_within_a_precision(variant, batch, precision):
+    """The same seed draws the same streams by every method and again, in each precision, at
+    real widths and batch sizes that run every tiling of the compiled step."""
+    if variant.startswith("real"):
+        model = real_width_model(**({} if variant == "real" else VARIANTS["all"]))
+    else:
+        model = tiny(**VARIANTS[variant])
+    speaker, mel = conditioning(model, batch)
+    prime = random_context(model, batch, 20, torch.Generator().manual_seed(2))
     draws = {method: generate(model, 40, prime, generator=torch.Generator().manual_seed(5),
                               speaker=speaker, mel=mel, method=method, threads=2,
                               precision=precision)
@@ -180,20 +193,3 @@ def test_evaluate_compares_the_precisions(tmp_path, capsys):
     assert report["seconds"] == pytest.approx(0.05, abs=1 / 8000)
     out = capsys.readouterr().out
     assert "| bf16 | bf16 |" in out and "| int8 |" in out
-
-
-def test_the_bench_times_every_precision_against_its_floor(tmp_path):
-    job = compose_job("bench", ["batch_sizes=[1,2]", "fast_seconds=0.3", "naive_steps=2",
-                                "train_steps=1", "train_batch_size=1", "train_crop=64",
-                                "train_precisions=[fp32]", "vocoder=false",
-                                f"out={tmp_path / 'bench.json'}"])
-    bench(job, {"debug": model_config("debug")}, tmp_path)
-    row = json.loads((tmp_path / "bench.json").read_text())["results"][0]
-    assert set(row["floors"]) == set(PRECISIONS) and all(f > 0 for f in row["floors"].values())
-    for g in row["generation"]:
-        by = {p["precision"]: p for p in g["precisions"]}
-        assert list(by) == list(PRECISIONS) and by["fp32"]["samples_per_s"] == g["fast"]
-        assert all(p["samples_per_s"] > 0 and p["runs_as"] == p["precision"]
-                   for p in by.values())
-        assert all((p["fraction_of_floor"] is not None) == (g["batch"] == 1)
-                   for p in by.values())
