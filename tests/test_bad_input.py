@@ -187,7 +187,7 @@ def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
     ("train", "train.seed=-1", "train.seed=-1: must be an integer in 0..9223372036854775807"),
     ("train", "train.threads=0", "train.threads=0: must be an integer >= 1 or null"),
     ("train", "train.device=tpu", "train.device=tpu: use auto, cpu, cuda or cuda:N"),
-    ("train", "train.precision=fp8", "train.precision=fp8: use fp32, tf32, bf16"),
+    ("train", "train.precision=fp8", "train.precision=fp8: use auto, fp32, tf32, bf16"),
     ("train", "train.resume_changes=maybe", "train.resume_changes=maybe: use refuse, allow"),
     ("train", "train.stop_at=0", "train.stop_at=0: must be an integer >= 1 or null"),
     ("train", "data.crop_samples=0", "data.crop_samples=0: must be an integer >= 1"),

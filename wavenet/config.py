@@ -62,9 +62,10 @@ class TrainConfig:
             warning) before training stops.
         seed: seeds initialization and the crop sequence.
         device: "auto" (CUDA if available, else CPU), "cpu" or "cuda".
-        precision: "fp32", "tf32" (CUDA tensor cores for matmuls and convolutions; fp32 on
-            the CPU) or "bf16" (autocast: bf16 compute, fp32 weights and loss); see
-            `runtime.precision`.
+        precision: "auto" (bf16 on a CPU with native bf16, else fp32: see
+            `runtime.training_precision`), "fp32", "tf32" (CUDA tensor cores for matmuls and
+            convolutions; fp32 on the CPU) or "bf16" (autocast: bf16 compute, fp32 weights
+            and loss); see `runtime.precision`.
         compile: torch.compile the training forward.
         threads: CPU threads for PyTorch; None keeps its default.
         progress: show a progress bar.
@@ -93,7 +94,7 @@ class TrainConfig:
     max_bad_steps: int = 5
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: bool = False
     threads: int | None = None
     progress: bool = True
@@ -360,7 +361,7 @@ class BenchJob:
         self.out = checks.path(self.out)
         checks.device("train_device", self.train_device)
         for i, name in enumerate(self.train_precisions):
-            checks.choice(f"train_precisions[{i}]", name, PRECISIONS)
+            checks.choice(f"train_precisions[{i}]", name, PRECISIONS[1:])  # named, not auto
         for i, name in enumerate(self.precisions):
             checks.choice(f"precisions[{i}]", name, WEIGHT_PRECISIONS)
         if not self.models:

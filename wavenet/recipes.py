@@ -24,7 +24,7 @@ RECIPES: dict[str, list[str]] = {
         "model.residual_channels=64", "model.gate_channels=128", "model.skip_channels=256",
         "model.input=onehot", "train.batch_size=4", "data.crop_samples=4000", "train.lr=0.001",
         "train.final_lr=null", "train.warmup_steps=0", "train.ema_decay=null",
-        "train.grad_clip=null"],
+        "train.grad_clip=null", "train.precision=fp32"],
 }
 CORPORA = {"piano": "data=demo_piano", "speech": "data=demo_speech"}
 

@@ -29,7 +29,13 @@ from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
 from wavenet.model import WaveNet, WaveNetConfig
-from wavenet.runtime import precision, progress_bar, resolve_device, set_threads
+from wavenet.runtime import (
+    precision,
+    progress_bar,
+    resolve_device,
+    set_threads,
+    training_precision,
+)
 from wavenet.train_data import TrainData
 
 log = logging.getLogger(__name__)
@@ -225,6 +231,7 @@ class Stepper:
 
     def __init__(self, state: TrainState, cfg: TrainConfig, world: World, device: torch.device):
         self.state, self.cfg, self.world, self.device = state, cfg, world, device
+        self.precision = training_precision(device, cfg.precision)
         forward = state.model
         if world.distributed:
             forward = DistributedDataParallel(
@@ -242,7 +249,7 @@ class Stepper:
         x = model.encode_audio(batch["audio"], batch.get("mel"), mel_offset, batch.get("before"))
         rf = model.receptive_field
         model.train()
-        with precision(self.device, cfg.precision):
+        with precision(self.device, self.precision):
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
             params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
                                   mel_offset=mel_offset,
@@ -533,6 +540,8 @@ class Trainer:
         print(f"model: {self.model.num_parameters():,} parameters, receptive field {rf} "
               f"samples ({1000.0 * rf / rate:.1f} ms at {rate} Hz); device {self.device}"
               + (f" x {self.world.size} processes" if self.world.distributed else "")
+              + f", {self.stepper.precision} arithmetic"
+              + (" (train.precision=auto)" if self.cfg.precision == "auto" else "")
               + f"; run folder {self.run_dir}")
         print(f"training until {self._limits()}"
               + (f"; {_clock(self.state.spent)} of the budget already used"
