@@ -163,7 +163,7 @@ def test_a_cpu_without_int8_instructions_falls_back_to_bf16_with_one_line(monkey
 
 
 def test_an_unknown_precision_is_a_one_line_error():
-    with pytest.raises(UserError, match=r"precision='fp16': use one of fp32, bf16, int8"):
+    with pytest.raises(UserError, match=r"precision=fp16: use fp32, bf16, int8"):
         generate(tiny(), 4, precision="fp16")
     with pytest.raises(UserError, match="precisions\\[1\\]"):
         compose_job("evaluate", ["checkpoint=x.pt", "precisions=[bf16,fp8]"])

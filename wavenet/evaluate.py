@@ -134,10 +134,12 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
             model, cache, ids, cond, job.sample_streams, job.sample_seconds, job.seed,
             job.temperature, max_samples, job.precision)
     if job.precisions:
+        scored = ({job.precision: result["sample_quality"]["ratio"]}
+                  if "sample_quality" in result else {})
         result["precisions"] = compare_precisions(
             model, cache, ids, cond, job.precisions, max_samples, job.precision_seconds,
-            job.sample_streams if mel is None else 0, job.sample_seconds, job.seed,
-            job.temperature)
+            result["bits_per_sample"], job.sample_streams if mel is None else 0,
+            job.sample_seconds, job.seed, job.temperature, scored)
     result.update(
         checkpoint=str(checkpoint.resolve(job.checkpoint)),
         step=ckpt["step"],
@@ -174,12 +176,14 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
 @torch.no_grad()
 def compare_precisions(model: WaveNet, cache: AudioCache, file_ids: list[int],
                        cond: Conditioning, precisions: list[str], max_samples: int | None,
-                       seconds: float, streams: int = 0, sample_seconds: float = 4.0,
-                       seed: int = 0, temperature: float = 1.0) -> dict:
+                       seconds: float, fp32_bits: float, streams: int = 0,
+                       sample_seconds: float = 4.0, seed: int = 0, temperature: float = 1.0,
+                       scored: dict[str, float] | None = None) -> dict:
     """What each generation precision costs (`wavenet.quantize`): the held-out NLL with its
-    rounded weights (the files and samples `heldout_nll` scores), its per-step outputs against
-    fp32's for the same inputs (the first file's first `seconds`, teacher-forced through the
-    fast path), and with `streams`, the sample quality of streams drawn with it.
+    rounded weights (the files and samples `heldout_nll` scores; fp32's is `fp32_bits`), its
+    per-step outputs against fp32's for the same inputs (the first file's first `seconds`,
+    teacher-forced through the fast path), and with `streams`, the sample quality of streams
+    drawn with it (`scored`: the ratios already known, by precision, drawn alike).
 
     Returns:
         {"fp32_bits_per_sample", "seconds", "rows": [{precision, runs_as, bits_per_sample,
@@ -195,11 +199,12 @@ def compare_precisions(model: WaveNet, cache: AudioCache, file_ids: list[int],
     if mel is not None:  # from the frame of the excerpt's sample 0 (offset: whole frames)
         mel = mel[:, :, offset // model.cfg.mel.hop_length:]
     reference = teacher_forced(model, values, speaker, mel, precision="fp32")
-    fp32_bits = heldout_nll(model, cache, file_ids, max_samples, cond)["bits_per_sample"]
+    scored = dict(scored or {})
     rows = []
     for precision in precisions:
         runs_as = resolve_precision(model, "fast", precision)
-        params = teacher_forced(model, values, speaker, mel, precision=precision)
+        params = (reference if precision == "fp32"
+                  else teacher_forced(model, values, speaker, mel, precision=precision))
         bits = (fp32_bits if precision == "fp32" else heldout_nll(
             at_precision(model, precision), cache, file_ids, max_samples, cond)
             ["bits_per_sample"])
@@ -208,9 +213,11 @@ def compare_precisions(model: WaveNet, cache: AudioCache, file_ids: list[int],
                "bits_over_fp32": bits - fp32_bits, "max_abs_diff": diff.max().item(),
                "mean_abs_diff": diff.mean().item()}
         if streams:
-            row["sample_quality"] = free_running_quality(
-                model, cache, file_ids, cond, streams, sample_seconds, seed, temperature,
-                max_samples, precision)["ratio"]
+            if precision not in scored:
+                scored[precision] = free_running_quality(
+                    model, cache, file_ids, cond, streams, sample_seconds, seed, temperature,
+                    max_samples, precision)["ratio"]
+            row["sample_quality"] = scored[precision]
         rows.append(row)
     return {"fp32_bits_per_sample": fp32_bits, "seconds": values.shape[1] / cache.sample_rate,
             "rows": rows}

@@ -17,7 +17,7 @@ import copy
 
 import torch
 
-from wavenet.errors import UserError
+from wavenet import checks
 
 PRECISIONS = ("fp32", "bf16", "int8")  # widest first
 DEFAULT_PRECISION = "bf16"  # measured: see the README's "Generation precision"
@@ -25,8 +25,7 @@ BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
 
 
 def check(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise UserError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
+    checks.choice("precision", precision, PRECISIONS)
     return precision
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -39,6 +40,7 @@ def progress_bar(**kwargs):
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (x86 AVX-512 BF16 or AMX BF16), where autocast
     to bf16 trains faster than fp32; elsewhere it emulates it and may be slower."""
