@@ -83,10 +83,11 @@ def test_steps_and_time_together_stop_at_whichever_comes_first(tone_folder, tmp_
 
 
 def test_resuming_with_settings_that_change_the_run_is_refused(tone_folder, tmp_path):
-    base = tiny_train_overrides(tone_folder, tmp_path, steps=4) + ["name=r", "train.stop_at=2"]
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=4) + [
+        "name=r", "train.stop_at=2", "train.lr=0.004"]
     done = run_script("train", *base, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    changed = [o for o in base if not o.startswith("train.stop_at")] + [
+    changed = [o for o in base if not o.startswith(("train.stop_at", "train.lr"))] + [
         "train.resume=auto", "train.lr=0.002", "train.batch_size=4", "data.crop_samples=100"]
     one_line_error(run_script("train", *changed, cwd=tmp_path),
                    "step-00000002.pt was trained with other settings: data.crop_samples=200 "
