@@ -1,0 +1,133 @@
+"""What excitation a mel-conditioned vocoder needs: hand-made excitations fed to the preset's
+synthesis filters (pre-emphasis 0.85, a 16th-order predictor from each mel frame), scored as
+`evaluate` scores copy synthesis. No network is involved; the pitch comes from pYIN on the
+audio (an oracle), from the mel frames alone (harmonic combs), or from pYIN on Griffin-Lim's
+reconstruction. The README's vocoder section quotes its output.
+
+    python scripts/excitation_oracles.py                    # the bundled held-out speech
+    python scripts/excitation_oracles.py --files 'wavs/*.wav'
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+
+from wavenet.audio import read_audio, resample
+from wavenet.features import MelConfig, log_mel
+from wavenet.quality import griffin_lim, score_resyntheses
+from wavenet.whitening import Colouring, whiten, whitening_filter
+
+RATE, HOP, ORDER, EMPHASIS = 16000, 256, 16, 0.85
+F0_RANGE = (60.0, 500.0)
+
+
+def comb_pitch(mel: np.ndarray, top: float = 1500.0) -> np.ndarray:
+    """Each frame's pitch (F,) Hz from its log-mel bands (n_mels, F) alone: the bands below
+    `top`, their 5-band moving average removed, matched (normalized correlation) against the
+    same filterbank's response to harmonic combs at 25-cent steps."""
+    from scipy.ndimage import uniform_filter1d
+
+    basis = librosa.filters.mel(sr=RATE, n_fft=1024, n_mels=mel.shape[0], norm="slaney")
+    freqs = np.arange(basis.shape[1]) * RATE / 1024
+    low = freqs[basis.argmax(1)] < top
+    pitches = F0_RANGE[0] * 2 ** (np.arange(48 * np.log2(F0_RANGE[1] / F0_RANGE[0])) / 48)
+    combs = np.array([basis[low] @ sum(np.exp(-0.5 * ((freqs - h * f0) / 20.0) ** 2)
+                                       for h in range(1, int(top // f0) + 1))
+                      for f0 in pitches])
+    combs = np.log(combs + 1e-3 * combs.max(1, keepdims=True))
+    combs -= uniform_filter1d(combs, 5, axis=1)
+    combs /= np.linalg.norm(combs, axis=1, keepdims=True)
+    detail = mel[low] - uniform_filter1d(mel[low], 5, axis=0)
+    detail /= np.linalg.norm(detail, axis=0, keepdims=True) + 1e-9
+    return pitches[(combs @ detail).argmax(0)]
+
+
+def pyin(audio: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """pYIN's pitch (Hz, 0 where unvoiced) and voicing per mel frame."""
+    f0, voiced, _ = librosa.pyin(audio, fmin=F0_RANGE[0], fmax=F0_RANGE[1], sr=RATE,
+                                 frame_length=1024, hop_length=HOP)
+    return np.nan_to_num(f0[:frames]), voiced[:frames]
+
+
+def pulses(level: np.ndarray, f0: np.ndarray, voiced: np.ndarray, noise: np.ndarray):
+    """One pulse per period (energy level² per sample) where voiced, noise elsewhere."""
+    out, phase = np.zeros(len(noise)), 0.0
+    for t in range(len(noise)):
+        j = t // HOP
+        if voiced[j] and f0[j] > 0:
+            phase += f0[j] / RATE
+            if phase >= 1.0:
+                phase -= 1.0
+                out[t] = level[j] * np.sqrt(RATE / f0[j])
+        else:
+            out[t] = level[j] * noise[t]
+    return out
+
+
+def repeated_period(level, f0, voiced, noise, gain=0.9):
+    """e(t) = g·e(t − P)·(level ÷ the last period's RMS) + √(1 − g²)·level·noise where voiced."""
+    out = np.zeros(len(noise))
+    for t in range(len(noise)):
+        j = t // HOP
+        out[t] = level[j] * noise[t]
+        if voiced[j] and f0[j] > 0:
+            period = int(round(RATE / f0[j]))
+            if t >= period:
+                rms = np.sqrt(np.mean(out[t - period:t] ** 2)) + 1e-12
+                out[t] = (gain * out[t - period] / rms * level[j]
+                          + np.sqrt(1 - gain**2) * level[j] * noise[t])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    here = Path(__file__).resolve().parent.parent
+    parser.add_argument("--files", default=str(here / "data/demo/speech/valid/*/*.flac"))
+    args = parser.parse_args()
+    cfg = MelConfig(sample_rate=RATE)
+    rows: dict[str, tuple[list, list]] = {}
+    for path in sorted(glob.glob(args.files)):
+        audio, rate = read_audio(path)
+        audio = resample(audio, rate, RATE)
+        n = len(audio) // HOP * HOP
+        audio = audio[:n]
+        mel = log_mel(audio, RATE, cfg)[None]
+
+        def coefficients(first, length, mel=mel):
+            return whitening_filter(EMPHASIS, ORDER, 0.0, cfg, mel, first, length)
+
+        residual = whiten(torch.from_numpy(audio)[None], coefficients(0, n))[0].double().numpy()
+        frames = n // HOP
+        level = np.sqrt(np.mean(residual.reshape(frames, HOP) ** 2, axis=1)) + 1e-12
+        noise = np.random.default_rng(0).standard_normal(n)
+        f0, voiced = pyin(audio, frames)
+        gl_f0, gl_voiced = pyin(griffin_lim(mel[0].numpy(), RATE, cfg, n), frames)
+        excitations = {
+            "noise at the true level": level.repeat(HOP) * noise,
+            "period repeated, g = 0.9, pYIN's pitch": repeated_period(level, f0, voiced, noise),
+            "pulses at pYIN's pitch": pulses(level, f0, voiced, noise),
+            "pulses at the mel frames' pitch, pYIN's voicing": pulses(
+                level, comb_pitch(mel[0].numpy())[:frames], voiced, noise),
+            "pulses at pYIN's pitch of Griffin-Lim": pulses(level, gl_f0, gl_voiced, noise),
+        }
+        for name, excitation in excitations.items():
+            made = Colouring(coefficients, 1, ORDER + 1)(excitation[None])[0]
+            refs, outs = rows.setdefault(name, ([], []))
+            refs.append(audio)
+            outs.append(made)
+        print(f"{path}: done", flush=True)
+    print("| excitation | log-mel distance (dB) | PESQ-WB | STOI |\n|---|---:|---:|---:|")
+    for name, (refs, outs) in rows.items():
+        s = score_resyntheses(refs, outs, RATE, cfg)
+        print(f"| {name} | {s['mel_distance_db']:.2f} | {s.get('pesq_wb') or float('nan'):.2f} "
+              f"| {s.get('stoi') or float('nan'):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
