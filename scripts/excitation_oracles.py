@@ -2,7 +2,9 @@
 synthesis filters (pre-emphasis 0.85, a 16th-order predictor from each mel frame), scored as
 `evaluate` scores copy synthesis. No network is involved; the pitch comes from pYIN on the
 audio (an oracle), from the mel frames alone (harmonic combs), or from pYIN on Griffin-Lim's
-reconstruction. The README's vocoder section quotes its output.
+reconstruction; the voicing from pYIN or from how well the mel frames match a harmonic comb;
+the level from the true residual or from the mel frames' predictor. The README's vocoder
+section quotes its output.
 
     python scripts/excitation_oracles.py                    # the bundled held-out speech
     python scripts/excitation_oracles.py --files 'wavs/*.wav'
@@ -25,12 +27,14 @@ from wavenet.whitening import Colouring, whiten, whitening_filter
 
 RATE, HOP, ORDER, EMPHASIS = 16000, 256, 16, 0.85
 F0_RANGE = (60.0, 500.0)
+VOICED_MATCH = 0.5  # a frame is voiced where its bands match a comb this well (83% agree with pYIN)
 
 
-def comb_pitch(mel: np.ndarray, top: float = 1500.0) -> np.ndarray:
-    """Each frame's pitch (F,) Hz from its log-mel bands (n_mels, F) alone: the bands below
-    `top`, their 5-band moving average removed, matched (normalized correlation) against the
-    same filterbank's response to harmonic combs at 25-cent steps."""
+def comb_pitch(mel: np.ndarray, top: float = 1500.0) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's pitch (F,) Hz from its log-mel bands (n_mels, F) alone, and how well they
+    match it (F,) (−1 … 1): the bands below `top`, their 5-band moving average removed,
+    matched (normalized correlation) against the same filterbank's response to harmonic combs
+    at 25-cent steps."""
     from scipy.ndimage import uniform_filter1d
 
     basis = librosa.filters.mel(sr=RATE, n_fft=1024, n_mels=mel.shape[0], norm="slaney")
@@ -45,7 +49,8 @@ def comb_pitch(mel: np.ndarray, top: float = 1500.0) -> np.ndarray:
     combs /= np.linalg.norm(combs, axis=1, keepdims=True)
     detail = mel[low] - uniform_filter1d(mel[low], 5, axis=0)
     detail /= np.linalg.norm(detail, axis=0, keepdims=True) + 1e-9
-    return pitches[(combs @ detail).argmax(0)]
+    match = combs @ detail
+    return pitches[match.argmax(0)], match.max(0)
 
 
 def pyin(audio: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,16 +60,19 @@ def pyin(audio: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
     return np.nan_to_num(f0[:frames]), voiced[:frames]
 
 
-def pulses(level: np.ndarray, f0: np.ndarray, voiced: np.ndarray, noise: np.ndarray):
-    """One pulse per period (energy level² per sample) where voiced, noise elsewhere."""
+def pulses(level: np.ndarray, f0: np.ndarray, voiced: np.ndarray, noise: np.ndarray,
+           share: float = 1.0):
+    """One pulse per period where voiced, noise elsewhere, at energy level² per sample; in
+    voiced frames, `share` of that energy is in the pulses and the rest is noise."""
     out, phase = np.zeros(len(noise)), 0.0
     for t in range(len(noise)):
         j = t // HOP
         if voiced[j] and f0[j] > 0:
+            out[t] = level[j] * np.sqrt(1 - share) * noise[t]
             phase += f0[j] / RATE
             if phase >= 1.0:
                 phase -= 1.0
-                out[t] = level[j] * np.sqrt(RATE / f0[j])
+                out[t] += level[j] * np.sqrt(share * RATE / f0[j])
         else:
             out[t] = level[j] * noise[t]
     return out
@@ -93,6 +101,7 @@ def main() -> None:
     cfg = MelConfig(sample_rate=RATE)
     rows: dict[str, tuple[list, list]] = {}
     cents: list[float] = []  # the mel frames' pitch against pYIN's, voiced frames
+    agree: list[float] = []  # share of frames where the mel frames' voicing is pYIN's
     for path in sorted(glob.glob(args.files)):
         audio, rate = read_audio(path)
         audio = resample(audio, rate, RATE)
@@ -109,7 +118,12 @@ def main() -> None:
         noise = np.random.default_rng(0).standard_normal(n)
         f0, voiced = pyin(audio, frames)
         gl_f0, gl_voiced = pyin(griffin_lim(mel[0].numpy(), RATE, cfg, n), frames)
-        mel_f0 = comb_pitch(mel[0].numpy())[:frames]
+        mel_f0, match = (x[:frames] for x in comb_pitch(mel[0].numpy()))
+        mel_voiced = match >= VOICED_MATCH
+        # the level the frames' predictor expects (its error power): no audio needed
+        mel_level = whitening_filter(EMPHASIS, ORDER, 1.0, cfg, mel, 0, n).gain[0, 0, ::HOP]
+        mel_level = mel_level.double().numpy()
+        agree.append(np.mean(mel_voiced == voiced))
         both = voiced & (f0 > 0)
         cents.extend(1200 * np.abs(np.log2(mel_f0[both] / f0[both])))
         excitations = {
@@ -119,6 +133,12 @@ def main() -> None:
             "pulses at the mel frames' pitch, pYIN's voicing": pulses(level, mel_f0, voiced,
                                                                       noise),
             "pulses at pYIN's pitch of Griffin-Lim": pulses(level, gl_f0, gl_voiced, noise),
+            "pulses at the mel frames' pitch, voicing and level (the mel alone)":
+                pulses(mel_level, mel_f0, mel_voiced, noise),
+            "… 70% of the voiced frames' energy in the pulses, 30% noise":
+                pulses(mel_level, mel_f0, mel_voiced, noise, share=0.7),
+            "… 44% in the pulses (the true residual's share)":
+                pulses(mel_level, mel_f0, mel_voiced, noise, share=0.44),
         }
         for name, excitation in excitations.items():
             made = Colouring(coefficients, 1, ORDER + 1)(excitation[None])[0]
@@ -127,7 +147,9 @@ def main() -> None:
             outs.append(made)
         print(f"{path}: done", flush=True)
     print(f"pitch from the mel frames against pYIN's: median {np.median(cents):.0f} cents, "
-          f"{np.mean(np.asarray(cents) > 100):.0%} of voiced frames off by more than a semitone")
+          f"{np.mean(np.asarray(cents) > 100):.0%} of voiced frames off by more than a semitone; "
+          f"voicing (match >= {VOICED_MATCH}) agrees with pYIN's on {np.mean(agree):.0%} of "
+          "frames")
     print("| excitation | log-mel distance (dB) | PESQ-WB | STOI |\n|---|---:|---:|---:|")
     for name, (refs, outs) in rows.items():
         s = score_resyntheses(refs, outs, RATE, cfg)

@@ -27,9 +27,17 @@ def test_the_pitch_of_a_harmonic_tone_is_found_in_its_mel_frames(oracles, f0):
     # A voice-like tone: harmonics falling at 6 dB per octave, up to 4 kHz.
     tone = sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, int(4000 // f0)))
     mel = log_mel((0.1 * tone).astype(np.float32), rate, MelConfig(sample_rate=rate)).numpy()
-    found = oracles.comb_pitch(mel)[3:-3]  # frames whose window lies inside the tone
+    found, match = (x[3:-3] for x in oracles.comb_pitch(mel))  # windows inside the tone
     cents = 1200 * np.abs(np.log2(found / f0))
     assert np.median(cents) < 30  # the candidates are 25 cents apart
+    assert np.all(match >= oracles.VOICED_MATCH)  # a harmonic tone is voiced...
+
+
+def test_noise_does_not_match_a_harmonic_comb(oracles):
+    rate = oracles.RATE
+    noise = np.random.default_rng(0).standard_normal(rate // 2).astype(np.float32)
+    _, match = oracles.comb_pitch(log_mel(0.1 * noise, rate, MelConfig(sample_rate=rate)).numpy())
+    assert np.median(match) < oracles.VOICED_MATCH  # ... and white noise mostly is not
 
 
 def test_pulses_come_once_a_period_with_the_frame_level_and_noise_elsewhere(oracles):
@@ -47,3 +55,14 @@ def test_pulses_come_once_a_period_with_the_frame_level_and_noise_elsewhere(orac
     # Each pulse carries a period's energy at the frame's level.
     assert np.mean(voiced_part**2) == pytest.approx(0.1**2, rel=0.1)
     np.testing.assert_array_equal(e[4 * hop:], 0.1 * noise[4 * hop:])
+
+
+def test_a_pulse_share_splits_the_voiced_energy_between_pulses_and_noise(oracles):
+    hop = oracles.HOP
+    frames = 40
+    level, f0 = np.full(frames, 0.1), np.full(frames, 200.0)
+    noise = np.random.default_rng(0).standard_normal(frames * hop)
+    e = oracles.pulses(level, f0, np.ones(frames, bool), noise, share=0.7)
+    at = np.abs(e) > 0.1 * np.sqrt(0.7 * 80) / 2  # the pulses stand far above the noise
+    assert np.sum(e[at] ** 2) / np.sum(e**2) == pytest.approx(0.7, abs=0.05)
+    assert np.mean(e**2) == pytest.approx(0.1**2, rel=0.1)
