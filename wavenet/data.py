@@ -65,7 +65,7 @@ class DataConfig:
     valid_root: str | None = None
     valid_fraction: float = 0.1
     cache_dir: str | None = None
-    crop_samples: int = 4000
+    crop_samples: int = 2000
     speakers: str | None = None
     num_workers: int = 2
     audio: AudioConfig = field(default_factory=AudioConfig)
