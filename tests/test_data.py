@@ -7,8 +7,11 @@ import torch
 from torch.utils.data import DataLoader
 
 import wavenet.data as data_mod
+from tests.conftest import compose_job
 from wavenet.audio import AudioConfig, AudioError
 from wavenet.data import CropDataset, StepSampler, open_cache, split_files
+from wavenet.distributed import World
+from wavenet.train_data import TrainData
 
 AUDIO = AudioConfig(sample_rate=8000, trim_db=None, normalize=None)
 
@@ -135,3 +138,29 @@ def test_loader_batches_do_not_depend_on_workers_or_restarts(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(whole[1:], resumed[:2], strict=True))
     crops = {origin(x) for batch in whole for x in batch}
     assert len(crops) == 12  # twelve different stretches, not one repeated
+
+
+@pytest.mark.parametrize(("setting", "device", "expected"),
+                         [(None, "cpu", 0), (None, "cuda", 2), (3, "cpu", 3), (0, "cuda", 0)])
+def test_loader_workers_default_to_none_on_the_cpu(tmp_path, setting, device, expected):
+    write_ramp_files(tmp_path / "a", [3000] * 4)
+    job = compose_job("train", ["model=debug", f"data.root={tmp_path / 'a'}",
+                                f"data.cache_dir={tmp_path / 'c'}", "data.valid_fraction=0.3",
+                                "data.audio.sample_rate=8000", "data.crop_samples=100",
+                                f"data.num_workers={'null' if setting is None else setting}"])
+    loader = TrainData.open(job, World()).loader(job, 0, World(), torch.device(device))
+    assert loader.num_workers == expected
+
+
+def test_flip_polarity_negates_half_the_crops_and_nothing_else(tmp_path):
+    write_ramp_files(tmp_path / "a", [800, 900, 1000])
+    cache = open_cache(tmp_path / "a", AUDIO, tmp_path / "cache")
+    plain = CropDataset(cache, [0, 1, 2], 100, seed=3)
+    flip = CropDataset(cache, [0, 1, 2], 100, seed=3, flip_polarity=True)
+    signs = []
+    for i in range(64):
+        a, b = plain[i]["audio"], flip[i]["audio"]
+        assert torch.equal(b, -a if flip.flipped(i) else a)  # the same crop, its sign or not
+        signs.append(flip.flipped(i))
+    assert 16 < sum(signs) < 48 and not any(plain.flipped(i) for i in range(64))
+    assert signs == [flip.flipped(i) for i in range(64)]  # a pure function of (seed, i)

@@ -58,7 +58,13 @@ class DataConfig:
         speakers: where speaker labels come from: None (no labels), "folder" (the first
             sub-folder under root: root/<speaker>/**/*.wav, the VCTK layout) or the path of a CSV
             manifest with rows `path,speaker` (paths relative to root).
-        num_workers: DataLoader worker processes.
+        flip_polarity: play half of the training crops (chosen by seed and crop number) with
+            their sign flipped: a waveform and its negative sound the same, so the model sees
+            twice the distinct waveforms of a small corpus.
+        num_workers: DataLoader worker processes; None: none when training on the CPU (crops
+            come from a memory-mapped cache in microseconds, and worker processes would take
+            turns on the cores the compute threads spin on: 17% more samples/s without them at
+            crops of 2,000 on 2 cores, README: Train), 2 on a GPU.
         audio: preprocessing (rate, trimming, normalization).
     """
 
@@ -68,7 +74,8 @@ class DataConfig:
     cache_dir: str | None = None
     crop_samples: int = 2000
     speakers: str | None = None
-    num_workers: int = 2
+    flip_polarity: bool = False
+    num_workers: int | None = None
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def __post_init__(self):
@@ -78,7 +85,7 @@ class DataConfig:
             self.speakers = checks.path(self.speakers)
         checks.number("data.valid_fraction", self.valid_fraction, 0, 1, hi_open=True)
         checks.integer("data.crop_samples", self.crop_samples, 1)
-        checks.integer("data.num_workers", self.num_workers, 0, 256)
+        checks.integer("data.num_workers", self.num_workers, 0, 256, optional=True)
 
 
 @dataclass
@@ -419,8 +426,9 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, cache: AudioCache, file_ids: list[int], crop_length: int, seed: int,
-                 cond: Conditioning | None = None):
+                 cond: Conditioning | None = None, flip_polarity: bool = False):
         self.cache = cache
+        self.flip_polarity = flip_polarity
         self.cond = cond or Conditioning()
         self.stride = self.cond.hop or 1
         self.crop_length = -(-crop_length // self.stride) * self.stride  # whole frames
@@ -452,9 +460,19 @@ class CropDataset(Dataset):
         start = pos - (int(self.cum_positions[k - 1]) if k else 0)
         return self.file_ids[k], start * self.stride
 
+    def flipped(self, index: int) -> bool:
+        """Whether crop `index` is played with its sign flipped (half of them, when asked)."""
+        return self.flip_polarity and bool(np.random.default_rng([self.seed, index, 1])
+                                           .integers(2))
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         file_id, start = self.locate(index)
-        return file_item(self.cache, file_id, self.cond, start, self.crop_length)
+        item = file_item(self.cache, file_id, self.cond, start, self.crop_length)
+        if self.flipped(index):  # the mel frames do not change with the sign
+            for key in ("audio", "before"):
+                if key in item:
+                    item[key] = -item[key]
+        return item
 
 
 def file_item(cache: AudioCache, file_id: int, cond: Conditioning, start: int = 0,

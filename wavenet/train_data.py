@@ -98,7 +98,7 @@ class TrainData:
                             len(unknown))
                 valid_ids = [i for i in valid_ids if i not in unknown]
         dataset = CropDataset(train_cache, train_ids, rf + data.crop_samples, job.train.seed,
-                              train_cond)
+                              train_cond, data.flip_polarity)
         log.info("data: %d training files, %d held-out files, crops of %d samples%s",
                  len(dataset.file_ids), len(valid_ids), dataset.crop_length,
                  f", {len(speakers)} speakers" if speakers else "")
@@ -109,6 +109,8 @@ class TrainData:
                device: torch.device) -> DataLoader:
         """This process's batches of steps first_step, first_step+1, … (see `StepSampler`)."""
         cfg, workers = job.train, job.data.num_workers
+        if workers is None:
+            workers = 2 if device.type == "cuda" else 0
         # Without a step limit (a time budget only), the crops run on until the loop stops.
         steps = 2**62 if cfg.max_steps is None else cfg.max_steps - first_step
         return DataLoader(self.dataset, batch_size=cfg.batch_size // world.size,
