@@ -19,6 +19,7 @@ def test_the_recipes_compose_for_every_corpus_with_a_wall_clock_budget():
     assert (m.residual_channels, m.gate_channels, m.skip_channels) == (64, 128, 256)
     assert (t.batch_size, plain.data.crop_samples, t.lr) == (4, 4000, 1e-3)
     assert t.final_lr is None and t.warmup_steps == 0 and t.ema_decay is None
+    assert t.weight_decay == 0 and not plain.data.flip_polarity
 
 
 def test_a_budgeted_run_is_trained_scored_reported_and_reused(tone_folder, tmp_path):

@@ -53,18 +53,18 @@ class DataConfig:
         cache_dir: where preprocessed audio is kept; None uses $XDG_CACHE_HOME/wavenet or
             ~/.cache/wavenet.
         crop_samples: predicted samples per training crop; each crop also carries one receptive
-            field of context. 2000 beat 4000 and 8000 on the bundled piano and speech at a CPU
-            budget (twice the steps, each worth nearly as much; README, Evaluate).
+            field of context. 1000 beat 2000, 4000 and 8000 on the bundled piano and speech at a
+            CPU budget (more steps, each worth nearly as much; README, Evaluate).
         speakers: where speaker labels come from: None (no labels), "folder" (the first
             sub-folder under root: root/<speaker>/**/*.wav, the VCTK layout) or the path of a CSV
             manifest with rows `path,speaker` (paths relative to root).
         flip_polarity: play half of the training crops (chosen by seed and crop number) with
             their sign flipped: a waveform and its negative sound the same, so the model sees
-            twice the distinct waveforms of a small corpus.
+            twice the distinct waveforms, which held off overfitting a small corpus (README,
+            Evaluate: fourth search).
         num_workers: DataLoader worker processes; None: none when training on the CPU (crops
-            come from a memory-mapped cache in microseconds, and worker processes would take
-            turns on the cores the compute threads spin on: 17% more samples/s without them at
-            crops of 2,000 on 2 cores, README: Train), 2 on a GPU.
+            come from a memory-mapped cache in microseconds: on 2 cores training ran as fast
+            without workers, which each hold a copy of PyTorch; README: Train), 2 on a GPU.
         audio: preprocessing (rate, trimming, normalization).
     """
 
@@ -72,9 +72,9 @@ class DataConfig:
     valid_root: str | None = None
     valid_fraction: float = 0.1
     cache_dir: str | None = None
-    crop_samples: int = 2000
+    crop_samples: int = 1000
     speakers: str | None = None
-    flip_polarity: bool = False
+    flip_polarity: bool = True
     num_workers: int | None = None
     audio: AudioConfig = field(default_factory=AudioConfig)
 
