@@ -163,4 +163,7 @@ def test_flip_polarity_negates_half_the_crops_and_nothing_else(tmp_path):
         assert torch.equal(b, -a if flip.flipped(i) else a)  # the same crop, its sign or not
         signs.append(flip.flipped(i))
     assert 16 < sum(signs) < 48 and not any(plain.flipped(i) for i in range(64))
-    assert signs == [flip.flipped(i) for i in range(64)]  # a pure function of (seed, i)
+    again = CropDataset(cache, [0, 1, 2], 100, seed=3, flip_polarity=True)
+    other = CropDataset(cache, [0, 1, 2], 100, seed=4, flip_polarity=True)
+    assert signs == [again.flipped(i) for i in range(64)]  # a pure function of (seed, i)
+    assert signs != [other.flipped(i) for i in range(64)]
