@@ -3,6 +3,8 @@ preprocessing cache keyed by everything that shapes it."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -13,7 +15,7 @@ from wavenet.audio import AudioConfig
 from wavenet.checks import duration_seconds
 from wavenet.config import TrainConfig
 from wavenet.data import open_cache
-from wavenet.train import lr_factor, train
+from wavenet.train import lr_factor, run_changes, train
 
 from .test_bad_input import one_line_error
 
@@ -112,6 +114,15 @@ def test_resuming_with_settings_that_change_the_run_is_refused(tone_folder, tmp_
     one_line_error(run_script("train", *changed, "data.audio.sample_rate=4000", cwd=tmp_path),
                    "data.audio.sample_rate=8000 (now 4000)")
     assert sorted(p.name for p in cache.iterdir()) == before
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_old_behaviour(tmp_path):
+    job = compose_job("train", [f"data.root={tmp_path}"])
+    stored = asdict(job)
+    del stored["data"]["flip_polarity"]  # as written before the key existed: no flipping
+    assert run_changes(stored, asdict(job)) == {"data.flip_polarity": (False, True)}
+    job.data.flip_polarity = False
+    assert run_changes(stored, asdict(job)) == {}
 
 
 def test_the_cache_key_covers_what_shapes_the_audio_and_nothing_of_the_model(tmp_path):

@@ -454,16 +454,19 @@ class CropDataset(Dataset):
 
     def locate(self, index: int) -> tuple[int, int]:
         """Crop number -> (file index in the cache, start sample)."""
-        rng = np.random.default_rng([self.seed, index])
-        pos = int(rng.integers(self.cum_positions[-1]))
+        pos = int(self.draws(index).integers(self.cum_positions[-1]))
         k = int(np.searchsorted(self.cum_positions, pos, side="right"))
         start = pos - (int(self.cum_positions[k - 1]) if k else 0)
         return self.file_ids[k], start * self.stride
 
+    def draws(self, index: int, *stream: int) -> np.random.Generator:
+        """The random draws of crop `index`: a pure function of (seed, index, stream), so a
+        resumed run or another worker count sees the same crops."""
+        return np.random.default_rng([self.seed, index, *stream])
+
     def flipped(self, index: int) -> bool:
         """Whether crop `index` is played with its sign flipped (half of them, when asked)."""
-        return self.flip_polarity and bool(np.random.default_rng([self.seed, index, 1])
-                                           .integers(2))
+        return self.flip_polarity and bool(self.draws(index, 1).integers(2))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         file_id, start = self.locate(index)

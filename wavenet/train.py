@@ -130,10 +130,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# Settings added since checkpoints were first written, with the value that does what runs did
+# before the key existed: a checkpoint without the key is compared as if it held that value.
+BEFORE_KEY_EXISTED = {"data.flip_polarity": False}
+
+
 def run_changes(stored: dict, requested: dict) -> dict[str, tuple]:
     """Settings (dotted keys, model excluded) that differ between a checkpoint's job and the
     requested one in a way that changes the run: {key: (stored, requested)}."""
-    old, new = _flat(stored), _flat(requested)
+    old, new = {**BEFORE_KEY_EXISTED, **_flat(stored)}, _flat(requested)
     return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys())
             if not k.startswith("model.") and k not in FREE_ON_RESUME and old[k] != new[k]}
 
