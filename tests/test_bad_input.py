@@ -192,6 +192,9 @@ def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
     ("train", "train.stop_at=0", "train.stop_at=0: must be an integer >= 1 or null"),
     ("train", "data.crop_samples=0", "data.crop_samples=0: must be an integer >= 1"),
     ("train", "data.valid_fraction=1.5", "data.valid_fraction=1.5: must be in [0, 1)"),
+    ("train", "data.speed_perturb=0.6", "data.speed_perturb=0.6: must be in [0, 0.5]"),
+    ("vocoder", "data.speed_perturb=0.1", "data.speed_perturb=0.1 changes a crop's pitch and "
+     "timing, which its mel frames would no longer describe: set data.speed_perturb=0"),
     ("train", "data.num_workers=-1", "data.num_workers=-1: must be an integer in 0..256"),
     ("train", "data.audio.sample_rate=7", "data.audio.sample_rate=7: must be an integer in "
      "1000..384000"),

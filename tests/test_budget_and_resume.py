@@ -123,6 +123,9 @@ def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_old_behaviour(t
     assert run_changes(stored, asdict(job)) == {"data.flip_polarity": (False, True)}
     job.data.flip_polarity = False
     assert run_changes(stored, asdict(job)) == {}
+    del stored["data"]["speed_perturb"]  # nor speed perturbation
+    job.data.speed_perturb = 0.1
+    assert run_changes(stored, asdict(job)) == {"data.speed_perturb": (0.0, 0.1)}
 
 
 def test_the_cache_key_covers_what_shapes_the_audio_and_nothing_of_the_model(tmp_path):

@@ -167,3 +167,47 @@ def test_flip_polarity_negates_half_the_crops_and_nothing_else(tmp_path):
     other = CropDataset(cache, [0, 1, 2], 100, seed=4, flip_polarity=True)
     assert signs == [again.flipped(i) for i in range(64)]  # a pure function of (seed, i)
     assert signs != [other.flipped(i) for i in range(64)]
+
+
+def test_speed_perturbation_plays_each_crop_at_its_own_speed(tmp_path):
+    """A sine of 1 cycle per 16 samples, cropped and played at speed s, is the sine at s·w,
+    continued through the whitening history; which speed is a pure function of (seed, i)."""
+    folder, w, half = tmp_path / "a", 2 * np.pi / 16, 200
+    folder.mkdir()
+    for i, n in enumerate([6000, 7000]):
+        sf.write(folder / f"f{i}.wav", (0.5 * np.sin(w * np.arange(n) + i)).astype(np.float32),
+                 8000, subtype="FLOAT")
+    cache = open_cache(folder, AUDIO, tmp_path / "cache")
+    cond = data_mod.Conditioning(history=8)
+    plain = CropDataset(cache, [0, 1], 2 * half, seed=3, cond=cond)
+    fast = CropDataset(cache, [0, 1], 2 * half, seed=3, cond=cond, speed_perturb=0.1)
+    speeds, checked = [], 0
+    for i in range(48):
+        speed = fast.speed(i)
+        speeds.append(speed)
+        file_id, start = fast.locate(i)
+        item = fast[i]
+        assert item["audio"].shape == (2 * half,) and item["before"].shape == (8,)
+        assert torch.equal(plain[i]["audio"], torch.from_numpy(
+            cache.audio(file_id, start, 2 * half)))  # no perturbation: the crop as it is
+        reach = (half + 8) * 1.1 + data_mod.SPEED_MARGIN * 1.1 + 2
+        if start + half - reach < 0 or start + half + reach > cache.files[file_id].length:
+            continue  # near the file's ends the resampler also sees the silence beyond them
+        # The history and the crop are played as one stretch of 2·half + 8 samples centred on
+        # sample start - 4 + half: the sine at time centre + (m - half - 4)·speed + d, d within
+        # half a sample (the resampling starts on a whole input sample).
+        t = start - 4 + half + (np.arange(2 * half + 8) - half - 4) * speed
+        got = torch.cat([item["before"], item["audio"]]).numpy()
+        basis = np.stack([np.sin(w * t + file_id), np.cos(w * t + file_id)], 1)
+        (a, b), *_ = np.linalg.lstsq(basis, got, rcond=None)
+        assert np.abs(basis @ [a, b] - got).max() < 2e-3, (i, speed)  # that frequency alone
+        assert abs(np.hypot(a, b) - 0.5) < 2e-3 and abs(np.arctan2(b, a)) <= w * 0.55 * speed
+        checked += 1
+    assert checked >= 32
+    assert all(0.9 <= s <= 1.1 for s in speeds) and min(speeds) < 0.95 and max(speeds) > 1.05
+    assert all(plain.speed(i) == 1.0 for i in range(48))
+    again = CropDataset(cache, [0, 1], 2 * half, seed=3, cond=cond, speed_perturb=0.1)
+    other = CropDataset(cache, [0, 1], 2 * half, seed=4, cond=cond, speed_perturb=0.1)
+    assert speeds == [again.speed(i) for i in range(48)]
+    assert speeds != [other.speed(i) for i in range(48)]
+    assert torch.equal(fast[5]["audio"], again[5]["audio"])

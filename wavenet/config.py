@@ -166,6 +166,10 @@ class TrainJob:
             checks.number("model.mel.f_max", mel.f_max, mel.f_min, nyquist, lo_open=True,
                           optional=True, hint=f"half of data.audio.sample_rate is {nyquist:g}")
             checks.number("model.mel.f_min", mel.f_min, 0, nyquist, hi_open=True)
+            if self.data.speed_perturb:
+                raise UserError(f"data.speed_perturb={self.data.speed_perturb:g} changes a "
+                                "crop's pitch and timing, which its mel frames would no longer "
+                                "describe: set data.speed_perturb=0 for a vocoder")
 
 
 @dataclass

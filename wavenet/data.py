@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +63,11 @@ class DataConfig:
             their sign flipped: a waveform and its negative sound the same, so the model sees
             twice the distinct waveforms, which held off overfitting a small corpus (README,
             Evaluate: fourth search).
+        speed_perturb: play each training crop at a speed drawn uniformly from
+            [1 - speed_perturb, 1 + speed_perturb] (pitch and tempo together, as a tape played
+            faster or slower; band-limited resampling), chosen by seed and crop number; 0 plays
+            every crop as recorded. Only for models of audio alone: a vocoder's mel frames
+            would no longer describe the crop.
         num_workers: DataLoader worker processes; None: none when training on the CPU (crops
             come from a memory-mapped cache in microseconds: on 2 cores training ran as fast
             without workers, which each hold a copy of PyTorch; README: Train), 2 on a GPU.
@@ -75,6 +81,7 @@ class DataConfig:
     crop_samples: int = 1000
     speakers: str | None = None
     flip_polarity: bool = True
+    speed_perturb: float = 0.0
     num_workers: int | None = None
     audio: AudioConfig = field(default_factory=AudioConfig)
 
@@ -85,6 +92,8 @@ class DataConfig:
             self.speakers = checks.path(self.speakers)
         checks.number("data.valid_fraction", self.valid_fraction, 0, 1, hi_open=True)
         checks.integer("data.crop_samples", self.crop_samples, 1)
+        checks.number("data.speed_perturb", self.speed_perturb, 0, 0.5,
+                      hint="a share of the speed, e.g. 0.1 for speeds 0.9 to 1.1")
         checks.integer("data.num_workers", self.num_workers, 0, 256, optional=True)
 
 
@@ -426,10 +435,14 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, cache: AudioCache, file_ids: list[int], crop_length: int, seed: int,
-                 cond: Conditioning | None = None, flip_polarity: bool = False):
+                 cond: Conditioning | None = None, flip_polarity: bool = False,
+                 speed_perturb: float = 0.0):
         self.cache = cache
         self.flip_polarity = flip_polarity
+        self.speed_perturb = speed_perturb
         self.cond = cond or Conditioning()
+        if speed_perturb and self.cond.hop:
+            raise ValueError("speed perturbation would misalign a crop with its mel frames")
         self.stride = self.cond.hop or 1
         self.crop_length = -(-crop_length // self.stride) * self.stride  # whole frames
         self.seed = seed
@@ -468,14 +481,56 @@ class CropDataset(Dataset):
         """Whether crop `index` is played with its sign flipped (half of them, when asked)."""
         return self.flip_polarity and bool(self.draws(index, 1).integers(2))
 
+    def speed(self, index: int) -> float:
+        """The speed crop `index` is played at: 1 unless perturbed, then drawn uniformly from
+        [1 - speed_perturb, 1 + speed_perturb]."""
+        if not self.speed_perturb:
+            return 1.0
+        return float(self.draws(index, 2).uniform(1 - self.speed_perturb,
+                                                   1 + self.speed_perturb))
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         file_id, start = self.locate(index)
         item = file_item(self.cache, file_id, self.cond, start, self.crop_length)
+        speed, history = self.speed(index), self.cond.history
+        if speed != 1.0:  # the whitening history is played at the same speed as the crop
+            played = torch.from_numpy(played_at(self.cache, file_id, start - history,
+                                                history + self.crop_length, speed))
+            item["audio"] = played[history:]
+            if history:
+                item["before"] = played[:history]
         if self.flipped(index):  # the mel frames do not change with the sign
             for key in ("audio", "before"):
                 if key in item:
                     item[key] = -item[key]
         return item
+
+
+# Output samples resampled beyond each end of a sped-up or slowed-down crop, then dropped, so
+# that the resampling filter sees the file's audio there rather than the cut.
+SPEED_MARGIN = 32
+
+
+def played_at(cache: AudioCache, file_id: int, start: int, length: int, speed: float
+              ) -> np.ndarray:
+    """`length` samples of a file played `speed` times as fast, centred where samples start …
+    start+length-1 are: output sample n is the audio at time c + (n - length // 2)·speed + d,
+    c = start + length // 2 and |d| ≤ speed / 2 (the resampling starts on a whole sample),
+    with silence beyond the file's ends. Band-limited resampling (soxr,
+    which librosa also uses). Returns float32 (length,) in [-1, 1]."""
+    import soxr  # deferred, as the audio layer defers librosa
+
+    centre, half = start + length // 2, length // 2
+    left = math.ceil((half + SPEED_MARGIN) * speed)  # input samples before the centre
+    first = centre - left
+    span = left + math.ceil((length - half + SPEED_MARGIN) * speed) + 1
+    lo, hi = max(first, 0), min(first + span, cache.files[file_id].length)
+    source = np.zeros(span, np.float32)
+    source[lo - first:hi - first] = cache.audio(file_id, lo, hi - lo)
+    out = soxr.resample(source, speed * 1000.0, 1000.0)  # out[k] is source at k·speed
+    begin = round(left / speed) - half
+    out = out[begin:begin + length]
+    return np.clip(np.pad(out, (0, length - len(out))), -1.0, 1.0).astype(np.float32)
 
 
 def file_item(cache: AudioCache, file_id: int, cond: Conditioning, start: int = 0,

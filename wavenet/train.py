@@ -132,7 +132,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 # Settings added since checkpoints were first written, with the value that does what runs did
 # before the key existed: a checkpoint without the key is compared as if it held that value.
-BEFORE_KEY_EXISTED = {"data.flip_polarity": False}
+BEFORE_KEY_EXISTED = {"data.flip_polarity": False, "data.speed_perturb": 0.0}
 
 
 def run_changes(stored: dict, requested: dict) -> dict[str, tuple]:

@@ -98,7 +98,7 @@ class TrainData:
                             len(unknown))
                 valid_ids = [i for i in valid_ids if i not in unknown]
         dataset = CropDataset(train_cache, train_ids, rf + data.crop_samples, job.train.seed,
-                              train_cond, data.flip_polarity)
+                              train_cond, data.flip_polarity, data.speed_perturb)
         log.info("data: %d training files, %d held-out files, crops of %d samples%s",
                  len(dataset.file_ids), len(valid_ids), dataset.crop_length,
                  f", {len(speakers)} speakers" if speakers else "")
