@@ -516,8 +516,8 @@ def played_at(cache: AudioCache, file_id: int, start: int, length: int, speed: f
     """`length` samples of a file played `speed` times as fast, centred where samples start …
     start+length-1 are: output sample n is the audio at time c + (n - length // 2)·speed + d,
     c = start + length // 2 and |d| ≤ speed / 2 (the resampling starts on a whole sample),
-    with silence beyond the file's ends. Band-limited resampling (soxr,
-    which librosa also uses). Returns float32 (length,) in [-1, 1]."""
+    with silence beyond the file's ends. Band-limited resampling (soxr, which librosa also
+    uses). Returns float32 (length,) in [-1, 1]."""
     import soxr  # deferred, as the audio layer defers librosa
 
     centre, half = start + length // 2, length // 2
