@@ -183,9 +183,10 @@ def test_compiled_training_matches_eager(precision, tone_folder, tmp_path):
     torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-3, atol=0)
     # In fp32 the weights agree closely. In bf16 the compiled kernels round at other places, so
     # gradients differ by bf16 roundings, and Adam, which normalizes each gradient, turns a
-    # near-zero one of the other sign into a full lr-sized step: a weight may then differ by up
-    # to the sum of the 4 steps' learning rates (measured: at most 2.8e-3 of 3.5e-3).
-    atol = 1e-5 if precision == "fp32" else 0.5e-3 + 1e-3 * 3
+    # near-zero one of the other sign into a full lr-sized step the other way: a weight may then
+    # differ by up to twice the sum of the 4 steps' learning rates, 2 · 3.5e-3 (measured: 3.4e-3
+    # to 3.8e-3 with weight decay 0 to 0.05, so half of that bound is not enough).
+    atol = 1e-5 if precision == "fp32" else 2 * (0.5e-3 + 1e-3 * 3)
     for name, weight in eager["model"].items():
         torch.testing.assert_close(compiled["model"][name], weight, rtol=1e-3, atol=atol,
                                    msg=name)
