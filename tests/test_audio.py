@@ -10,6 +10,7 @@ from wavenet.audio import (
     class_entropy_bits,
     load_for_training,
     mu_law_decode,
+    mu_law_edges,
     mu_law_encode,
     normalize_level,
     read_audio,
@@ -82,3 +83,14 @@ def test_rms_normalization_respects_peak_ceiling():
 def test_histogram_entropy():
     assert class_entropy_bits(np.arange(256), 256) == pytest.approx(8.0)
     assert class_entropy_bits(np.zeros(10, int), 256) == 0.0
+
+
+@pytest.mark.parametrize("classes", [256, 1024])
+def test_mu_law_edges_bound_each_class(classes):
+    edges = mu_law_edges(classes)
+    assert edges[0] == -1 and edges[-1] == 1 and np.all(np.diff(edges) > 0)
+    x = np.linspace(-1, 1, 200001)
+    np.testing.assert_array_equal(mu_law_encode(x, classes),
+                                  np.searchsorted(edges, x, side="right").clip(1, classes) - 1)
+    centres = mu_law_decode(np.arange(classes), classes)
+    assert np.all((edges[:-1] <= centres + 1e-7) & (centres - 1e-7 <= edges[1:]))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
+from wavenet.audio import mu_law_edges
 from wavenet.distributions import DiscretizedLogisticMixture, MuLawCategorical
 from wavenet.errors import UserError
 from wavenet.model import WaveNetConfig
@@ -86,3 +87,28 @@ def test_categorical_samples_follow_softmax():
 def test_unknown_output_is_rejected():
     with pytest.raises(UserError, match="model.output"):
         WaveNetConfig(output="gaussian")
+
+
+def test_categorical_interval_probabilities_read_each_class_as_uniform():
+    dist = MuLawCategorical(256)
+    params = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(0)) * 3
+    log_p = torch.log_softmax(params.double(), dim=1)
+    edges = torch.from_numpy(mu_law_edges(256))
+    for k in (0, 7, 128, 255):  # a class's own interval: its probability
+        lo, hi = edges[k].expand(2, 3), edges[k + 1].expand(2, 3)
+        torch.testing.assert_close(dist.interval_log_prob(params, lo, hi), log_p[:, k])
+    k = 100  # its lower quarter: a quarter of it
+    lo = edges[k].expand(2, 3)
+    hi = lo + (edges[k + 1] - edges[k]) / 4
+    torch.testing.assert_close(dist.interval_log_prob(params, lo, hi), log_p[:, k] - math.log(4))
+    # any partition of [-1, 1] into intervals, whatever their ends: the probabilities sum to 1
+    cuts = torch.sort(torch.rand(40, generator=torch.Generator().manual_seed(1)) * 2 - 1).values
+    cuts = torch.cat([torch.tensor([-1.0]), cuts, torch.tensor([1.0])]).double()
+    total = sum(dist.interval_log_prob(params, cuts[i].expand(2, 3), cuts[i + 1].expand(2, 3))
+                .exp() for i in range(len(cuts) - 1))
+    torch.testing.assert_close(total, torch.ones(2, 3, dtype=torch.float64))
+    # wholly beyond an end: the end class, as the encoder clips
+    beyond = dist.interval_log_prob(params, torch.full((2, 3), 1.2), torch.full((2, 3), 1.3))
+    torch.testing.assert_close(beyond, log_p[:, -1])
+    lo, hi = dist.bins(torch.tensor([-1.0, -0.3, 0.0, 0.5, 1.0]))
+    assert torch.all(lo < hi) and lo[0] == -1 and hi[-1] == 1

@@ -156,3 +156,34 @@ def test_a_continuation_is_coloured_from_the_primes_last_samples():
     np.testing.assert_allclose(rest, whole[:, cut:], atol=1e-5)
     cold = model.audio_decoder()(values[:, cut:])
     assert np.abs(cold - whole[:, cut:]).max() > 1e-2  # the history matters
+
+
+def test_waveform_classes_as_excitation_intervals():
+    """A whitening model's NLL of the audio's own mu-law classes: each sample's class is the
+    interval of excitation values that, coloured from the true audio before it, lands in it."""
+    from wavenet.evaluate import waveform_bins
+
+    audio = torch.from_numpy(resonant(0.25, seed=5))[None]
+    plain = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1))
+    lo, hi = waveform_bins(plain, audio, None, 0)
+    own = plain.dist.bins(audio)
+    assert torch.equal(lo, own[0]) and torch.equal(hi, own[1])
+
+    emphasis = WaveNet(WaveNetConfig(layers_per_cycle=2, cycles=1, pre_emphasis=0.85))
+    lo, hi = waveform_bins(emphasis, audio, None, 0)  # e = s − 0.85·s₋₁
+    before = 0.85 * torch.cat([torch.zeros(1, 1), audio[:, :-1]], dim=1).double()
+    torch.testing.assert_close(lo, own[0] - before, atol=1e-6, rtol=0)
+    torch.testing.assert_close(hi, own[1] - before, atol=1e-6, rtol=0)
+
+    model = vocoder(0.85, 16, excitation_rms=0.1)
+    mel = log_mel(audio[0], RATE, MEL)[None]
+    e = model.excitation(audio, mel, 0)[0].double().numpy()
+    lo, hi = waveform_bins(model, audio, mel, 0)
+    classes = model.dist.encode(audio)[0]
+    for t in (5, 900, 1500, 2600, 3999):  # loud, the pause, across frames
+        for inside in (0.1, 0.5, 0.9):
+            probe = e[:, :t + 1].copy()
+            probe[0, t] = lo[0, t] + inside * (hi[0, t] - lo[0, t])
+            made = Colouring(lambda first, n: model.whitening(mel, first, n), 1,
+                             model.cfg.whitening_order)(probe)
+            assert model.dist.encode(torch.from_numpy(made[:, t]))[0] == classes[t]

@@ -163,6 +163,16 @@ def mu_law_decode(classes, quantization_channels: int = 256):
     return (np.sign(y) * np.expm1(np.abs(y) * math.log1p(mu)) / mu).astype(np.float32)
 
 
+def mu_law_edges(quantization_channels: int = 256) -> np.ndarray:
+    """(Q + 1,) float64 amplitudes bounding each class of `mu_law_encode`: class k holds
+    [edges[k], edges[k + 1]) (the end classes also hold everything beyond ±1)."""
+    mu = quantization_channels - 1
+    y = (np.arange(quantization_channels + 1) - 0.5) / mu * 2 - 1
+    edges = np.sign(y) * np.expm1(np.abs(y) * math.log1p(mu)) / mu
+    edges[0], edges[-1] = -1.0, 1.0
+    return edges
+
+
 def class_entropy_bits(classes: np.ndarray, n_classes: int) -> float:
     """Entropy (bits) of the histogram of quantized samples: the NLL of a memoryless model."""
     counts = np.bincount(np.asarray(classes).ravel(), minlength=n_classes).astype(np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavenet.audio import class_entropy_bits, mu_law_decode, mu_law_encode
+from wavenet.audio import class_entropy_bits, mu_law_decode, mu_law_edges, mu_law_encode
 from wavenet.errors import UserError
 
 
@@ -79,6 +79,28 @@ class MuLawCategorical:
 
     def histogram_entropy_bits(self, targets: torch.Tensor) -> float:
         return class_entropy_bits(targets.cpu().numpy(), self.classes)
+
+    def bins(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio (…) -> the (lower, upper) amplitudes (…) float64 of each value's class."""
+        edges = torch.from_numpy(mu_law_edges(self.classes)).to(audio.device)
+        k = self.encode(audio)
+        return edges[k], edges[k + 1]
+
+    def interval_log_prob(self, params: torch.Tensor, lo: torch.Tensor,
+                          hi: torch.Tensor) -> torch.Tensor:
+        """log P(lo ≤ value < hi) per sample, reading each class as uniform over its
+        amplitudes. params (B, Q, T); lo, hi (B, T) with lo < hi -> (B, T) float64.
+
+        An interval wholly beyond ±1 gets the end class's probability: values the encoder
+        clips count as that class, as `nll` counts them."""
+        edges = torch.from_numpy(mu_law_edges(self.classes)).to(params.device)
+        left, right = edges[:-1, None], edges[1:, None]  # (Q, 1)
+        lo, hi = lo.double().clamp(-1, 1)[:, None], hi.double().clamp(-1, 1)[:, None]
+        share = (torch.minimum(hi, right) - torch.maximum(lo, left)).clamp(min=0) / (right - left)
+        end = torch.zeros_like(share)
+        end[:, 0], end[:, -1] = (hi[:, 0] <= -1).double(), (lo[:, 0] >= 1).double()
+        log_p = F.log_softmax(params.double(), dim=1)
+        return torch.logsumexp(log_p + (share + end).log(), dim=1)
 
 
 class DiscretizedLogisticMixture:

@@ -49,19 +49,26 @@ def heldout_nll(model: WaveNet, cache: AudioCache, file_ids: list[int],
     Returns:
         bits_per_sample: mean NLL in bits; entropy_bits: entropy of the scored samples'
         histogram at the model's resolution (a memoryless model's NLL); samples: how many.
+        A mu-law model that whitens its audio (pre-emphasis, linear prediction) scores its
+        excitation's classes; it also gets waveform_bits_per_sample: the NLL of the audio's
+        own mu-law classes, comparable with a model of the waveform (see `waveform_bins`).
     """
     model.eval()
     cond = cond or Conditioning()
     device = next(model.parameters()).device
     dist = model.dist
     rf = model.receptive_field
-    total_nll, counted, targets_seen = 0.0, 0, []
+    waveform = bool(model.cfg.whitening_order) and model.cfg.output == "mulaw"
+    total_nll, wave_nll, counted, targets_seen = 0.0, 0.0, 0, []
     for i in file_ids:
         item = file_item(cache, i, cond)
         speaker = item["speaker"][None].to(device) if "speaker" in item else None
         mel = item["mel"][None].to(device) if "mel" in item else None
-        x = model.encode_audio(item["audio"][None].to(device), mel,
-                               int(item["mel_offset"]) if mel is not None else 0)[0]
+        audio = item["audio"][None].to(device)
+        at = int(item["mel_offset"]) if mel is not None else 0
+        x = model.encode_audio(audio, mel, at)[0]
+        if waveform:
+            lo, hi = waveform_bins(model, audio, mel, at)
         n = len(x)
         if max_samples is not None:
             n = min(n, max_samples - counted + 1)
@@ -73,17 +80,42 @@ def heldout_nll(model: WaveNet, cache: AudioCache, file_ids: list[int],
                            mel_offset=offset)[:, :, start - 1 - first:]
             targets = x[None, start:end]
             total_nll += dist.nll(params, targets, reduction="sum").item()
+            if waveform:
+                wave_nll -= dist.interval_log_prob(params, lo[:, start:end],
+                                                   hi[:, start:end]).sum().item()
             counted += end - start
             targets_seen.append(targets.flatten().cpu())
         if max_samples is not None and counted >= max_samples:
             break
     if counted == 0:
         raise UserError("nothing to score: the held-out files are empty")
-    return {
+    result = {
         "bits_per_sample": float(total_nll / counted / np.log(2.0)),
         "entropy_bits": dist.histogram_entropy_bits(torch.cat(targets_seen)),
         "samples": counted,
     }
+    if waveform:
+        result["waveform_bits_per_sample"] = float(wave_nll / counted / np.log(2.0))
+    return result
+
+
+def waveform_bins(model: WaveNet, audio: torch.Tensor, mel: torch.Tensor | None,
+                  mel_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's own mu-law class, as the interval of excitation values that puts the
+    sample in it given the true audio before it: the excitation is e = (s + Σ_k w_k·s₋ₖ) / g,
+    so s lies in [lo, hi) exactly when e lies in [(lo − c) / g, (hi − c) / g) with
+    c = s − g·e. With the excitation's classes read as uniform over their amplitudes
+    (`MuLawCategorical.interval_log_prob`), a whitening model gives every class of the
+    waveform a probability; for a model without whitening it is the class's own.
+
+    audio: (B, T) float; mel, mel_offset: as `WaveNet.encode_audio`. Returns (B, T) float64
+    each, the lower and upper ends.
+    """
+    e, gain = model.excitation(audio, mel, mel_offset)
+    e, gain = e.double(), gain.double()
+    shift = audio.double() - gain * e
+    lo, hi = model.dist.bins(audio)
+    return (lo - shift) / gain, (hi - shift) / gain
 
 
 def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
@@ -159,6 +191,10 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
           f"{result['seconds']:.1f} s in {len(ids)} files ({result['weights']} weights, "
           f"step {result['step']}); histogram entropy {result['entropy_bits']:.3f} bits "
           f"(gain {result['gain_bits']:.3f}); written to {out}")
+    if "waveform_bits_per_sample" in result:
+        print(f"the excitation's classes above; the audio's own mu-law classes: "
+              f"{result['waveform_bits_per_sample']:.3f} bits/sample (comparable with a model "
+              "of the waveform)")
     if "copy_synthesis" in result:
         print(copy_synthesis_table(result["copy_synthesis"]))
     if "sample_quality" in result:

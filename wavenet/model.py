@@ -268,11 +268,22 @@ class WaveNet(nn.Module):
         """
         if not self.cfg.whitening_order:
             return self.dist.encode(audio)
+        return self.dist.encode(self.excitation(audio, mel, mel_offset, before)[0].clamp(-1, 1))
+
+    def excitation(self, audio: torch.Tensor, mel: torch.Tensor | None = None,
+                   mel_offset: int = 0, before: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whitening model's excitation of the audio, before clipping and encoding, and its
+        gain: audio = gain·excitation − Σ_k w_k·(the audio k samples back).
+
+        Args as `encode_audio`. Returns (B, T) float32 each (the gain broadcast).
+        """
         p = 0 if before is None else before.shape[1]
         if p:
             audio = torch.cat([before.to(audio), audio], dim=1)
         filt = self.whitening(mel, mel_offset - p, audio.shape[1])
-        return self.dist.encode(whiten(audio, filt)[:, p:].clamp(-1, 1))
+        gain = filt.gain[:, 0].to(audio.device).expand(audio.shape[0], audio.shape[1])
+        return whiten(audio, filt)[:, p:], gain[:, p:]
 
     def audio_decoder(self, mel: torch.Tensor | None = None, batch: int = 1,
                       history: np.ndarray | None = None):
