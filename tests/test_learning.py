@@ -5,7 +5,7 @@ import torch
 
 from tests.conftest import compose_job, write_tone_folder
 from wavenet import checkpoint
-from wavenet.audio import mu_law_decode
+from wavenet.audio import class_entropy_bits, mu_law_decode, mu_law_encode
 from wavenet.data import open_cache
 from wavenet.evaluate import heldout_nll
 from wavenet.generate import generate
@@ -14,10 +14,10 @@ from wavenet.train import train
 RATE, F0 = 8000, 250.0
 
 
-def test_tiny_model_learns_a_periodic_signal(tmp_path):
+def tiny_tone_job(tmp_path, *extra: str):
     write_tone_folder(tmp_path / "train", n_files=4, seconds=1.0, rate=RATE, f0=F0)
     write_tone_folder(tmp_path / "valid", n_files=1, seconds=0.5, rate=RATE, f0=F0, seed=1)
-    job = compose_job("train", [
+    return compose_job("train", [
         f"data.root={tmp_path / 'train'}", f"data.valid_root={tmp_path / 'valid'}",
         f"data.cache_dir={tmp_path / 'cache'}", f"data.audio.sample_rate={RATE}",
         "data.crop_samples=256", "data.num_workers=0",
@@ -25,8 +25,12 @@ def test_tiny_model_learns_a_periodic_signal(tmp_path):
         "model.gate_channels=16", "model.skip_channels=32",
         "train.max_steps=300", "train.batch_size=8", "train.lr=0.005", "train.warmup_steps=20",
         "train.eval_every=300", "train.sample_every=null", "train.checkpoint_every=300",
-        "train.progress=false",
+        "train.progress=false", *extra,
     ])
+
+
+def test_tiny_model_learns_a_periodic_signal(tmp_path):
+    job = tiny_tone_job(tmp_path, "model.pre_emphasis=0")  # a model of the waveform itself
     path = train(job, tmp_path / "run")
     model, _ = checkpoint.load_model(path)
     valid = open_cache(tmp_path / "valid", job.data.audio, tmp_path / "cache")
@@ -41,3 +45,22 @@ def test_tiny_model_learns_a_periodic_signal(tmp_path):
     peak_hz = np.argmax(spectrum[1:]) + 1
     peak_hz *= RATE / len(audio)
     assert abs(peak_hz - F0) < 10, peak_hz
+
+
+def test_a_pre_emphasis_model_is_scored_on_the_waveforms_own_classes(tmp_path):
+    """Its own bits are its excitation's; its waveform bits say it predicts the waveform as
+    well as a model of the waveform does, and generation de-emphasizes to the tone."""
+    job = tiny_tone_job(tmp_path, "model.pre_emphasis=0.85")
+    model, _ = checkpoint.load_model(train(job, tmp_path / "run"))
+    valid = open_cache(tmp_path / "valid", job.data.audio, tmp_path / "cache")
+    result = heldout_nll(model, valid, [0])
+    plain = mu_law_encode(valid.audio(0), 256)  # the waveform's own classes
+    entropy = class_entropy_bits(plain[1:], 256)
+    assert result["waveform_bits_per_sample"] < entropy - 2.5, (result, entropy)
+    assert result["waveform_bits_per_sample"] != result["bits_per_sample"]
+
+    values = generate(model, RATE // 2, temperature=1.0,
+                      generator=torch.Generator().manual_seed(0))
+    audio = model.audio_decoder()(values)[0][RATE // 8:]
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    assert abs((np.argmax(spectrum[1:]) + 1) * RATE / len(audio) - F0) < 10

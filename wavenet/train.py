@@ -500,6 +500,11 @@ class Trainer:
         writer.add_scalar("valid/entropy_bits", result["entropy_bits"], self.step)
         log.info("step %d: held-out %.3f bits/sample (histogram entropy %.3f)",
                  self.step, bits, result["entropy_bits"])
+        if "waveform_bits_per_sample" in result:
+            writer.add_scalar("valid/waveform_bits_per_sample",
+                              result["waveform_bits_per_sample"], self.step)
+            log.info("step %d: held-out %.3f bits/sample of the waveform's own classes",
+                     self.step, result["waveform_bits_per_sample"])
         if bits < self.state.best_bits:
             self.state.best_bits = bits
             checkpoint.save_atomic(self._checkpoint(), self.ckpt_dir / "best.pt")
