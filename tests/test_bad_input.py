@@ -358,6 +358,14 @@ def test_too_many_open_files_is_one_line():
                     "n_samples, or raise the limit (ulimit -n)")
 
 
+def _ctrl_c_reaches_it():
+    """A shell without job control starts background jobs with SIGINT ignored, and a child
+    inherits that, so Python would never raise KeyboardInterrupt (CI launched with `&` did
+    this). A user's Ctrl-C reaches a foreground program, which this restores."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_sampling_is_one_line_and_keeps_the_audio(tone_folder, tmp_path):
     import signal
     import subprocess
@@ -371,14 +379,18 @@ def test_ctrl_c_while_sampling_is_one_line_and_keeps_the_audio(tone_folder, tmp_
     proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / "sample.py"),
                              f"checkpoint={ckpt}", "seconds=600", "out_dir=gen",
                              "progress=false", "method=incremental"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_reaches_it)
     wav = tmp_path / "gen" / "sample_00.wav"
-    deadline = time.monotonic() + 120
-    while not (wav.exists() and wav.stat().st_size > 4000):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not (wav.exists() and wav.stat().st_size > 4000):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a child that hangs must not outlive the test
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
     assert "Traceback" not in err
     audio, rate = sf.read(wav)

@@ -1,6 +1,7 @@
 """A tiny model really learns: low held-out NLL and generated audio at the right pitch."""
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import compose_job, write_tone_folder
@@ -29,12 +30,18 @@ def tiny_tone_job(tmp_path, *extra: str):
     ])
 
 
-def test_tiny_model_learns_a_periodic_signal(tmp_path):
-    job = tiny_tone_job(tmp_path, "model.pre_emphasis=0")  # a model of the waveform itself
-    path = train(job, tmp_path / "run")
-    model, _ = checkpoint.load_model(path)
-    valid = open_cache(tmp_path / "valid", job.data.audio, tmp_path / "cache")
-    result = heldout_nll(model, valid, [0])
+@pytest.fixture(scope="module")
+def plain_tone_model(tmp_path_factory):
+    """A tiny model of the waveform itself, trained on the tone, and its held-out scores."""
+    tmp = tmp_path_factory.mktemp("plain")
+    job = tiny_tone_job(tmp, "model.pre_emphasis=0")
+    model, _ = checkpoint.load_model(train(job, tmp / "run"))
+    valid = open_cache(tmp / "valid", job.data.audio, tmp / "cache")
+    return model, heldout_nll(model, valid, [0])
+
+
+def test_tiny_model_learns_a_periodic_signal(plain_tone_model):
+    model, result = plain_tone_model
     assert result["entropy_bits"] > 5.0
     assert result["bits_per_sample"] < result["entropy_bits"] - 2.5, result
 
@@ -47,17 +54,21 @@ def test_tiny_model_learns_a_periodic_signal(tmp_path):
     assert abs(peak_hz - F0) < 10, peak_hz
 
 
-def test_a_pre_emphasis_model_is_scored_on_the_waveforms_own_classes(tmp_path):
+def test_a_pre_emphasis_model_is_scored_on_the_waveforms_own_classes(tmp_path, plain_tone_model):
     """Its own bits are its excitation's; its waveform bits say it predicts the waveform as
     well as a model of the waveform does, and generation de-emphasizes to the tone."""
     job = tiny_tone_job(tmp_path, "model.pre_emphasis=0.85")
     model, _ = checkpoint.load_model(train(job, tmp_path / "run"))
     valid = open_cache(tmp_path / "valid", job.data.audio, tmp_path / "cache")
     result = heldout_nll(model, valid, [0])
-    plain = mu_law_encode(valid.audio(0), 256)  # the waveform's own classes
-    entropy = class_entropy_bits(plain[1:], 256)
+    classes = mu_law_encode(valid.audio(0), 256)  # the waveform's own classes
+    entropy = class_entropy_bits(classes[1:], 256)
     assert result["waveform_bits_per_sample"] < entropy - 2.5, (result, entropy)
-    assert result["waveform_bits_per_sample"] != result["bits_per_sample"]
+    # On the plain model's scale (measured 3.23 vs 3.56); its excitation's own bits (4.61)
+    # are not, which is what makes the first check tell the two apart.
+    plain_bits = plain_tone_model[1]["bits_per_sample"]
+    assert abs(result["waveform_bits_per_sample"] - plain_bits) < 0.6, (result, plain_bits)
+    assert abs(result["bits_per_sample"] - plain_bits) > 0.6, (result, plain_bits)
 
     values = generate(model, RATE // 2, temperature=1.0,
                       generator=torch.Generator().manual_seed(0))

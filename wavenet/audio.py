@@ -153,22 +153,29 @@ def mu_law_encode(audio, quantization_channels: int = 256):
     return ((y + 1) / 2 * mu + 0.5).astype(np.int64)
 
 
+def _class_amplitude(position, mu: int):
+    """Amplitude at a (fractional) class position, inverting `mu_law_encode`'s companding.
+
+    Keeps its argument's kind and float dtype: numpy array or tensor.
+    """
+    y = position / mu * 2 - 1
+    if isinstance(y, torch.Tensor):
+        return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
+    return np.sign(y) * np.expm1(np.abs(y) * math.log1p(mu)) / mu
+
+
 def mu_law_decode(classes, quantization_channels: int = 256):
     """Inverse of `mu_law_encode`: integer classes -> float32 waveform in [-1, 1]."""
     mu = quantization_channels - 1
     if isinstance(classes, torch.Tensor):
-        y = classes.to(torch.float32) / mu * 2 - 1
-        return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
-    y = np.asarray(classes, dtype=np.float32) / mu * 2 - 1
-    return (np.sign(y) * np.expm1(np.abs(y) * math.log1p(mu)) / mu).astype(np.float32)
+        return _class_amplitude(classes.to(torch.float32), mu)
+    return _class_amplitude(np.asarray(classes, dtype=np.float32), mu).astype(np.float32)
 
 
 def mu_law_edges(quantization_channels: int = 256) -> np.ndarray:
     """(Q + 1,) float64 amplitudes bounding each class of `mu_law_encode`: class k holds
     [edges[k], edges[k + 1]) (the end classes also hold everything beyond ±1)."""
-    mu = quantization_channels - 1
-    y = (np.arange(quantization_channels + 1) - 0.5) / mu * 2 - 1
-    edges = np.sign(y) * np.expm1(np.abs(y) * math.log1p(mu)) / mu
+    edges = _class_amplitude(np.arange(quantization_channels + 1) - 0.5, quantization_channels - 1)
     edges[0], edges[-1] = -1.0, 1.0
     return edges
 
