@@ -126,6 +126,10 @@ def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_old_behaviour(t
     del stored["data"]["speed_perturb"]  # nor speed perturbation
     job.data.speed_perturb = 0.1
     assert run_changes(stored, asdict(job)) == {"data.speed_perturb": (0.0, 0.1)}
+    job.data.speed_perturb = 0.0
+    del stored["train"]["input_noise"]  # nor input noise
+    job.train.input_noise = 1.0
+    assert run_changes(stored, asdict(job)) == {"train.input_noise": (0.0, 1.0)}
 
 
 def test_the_cache_key_covers_what_shapes_the_audio_and_nothing_of_the_model(tmp_path):

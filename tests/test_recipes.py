@@ -23,7 +23,7 @@ def test_the_recipes_compose_for_every_corpus_with_a_wall_clock_budget():
     assert m.pre_emphasis == 0
     default = compose_job("train", [CORPORA["piano"]])
     assert (default.model.input, default.train.weight_decay) == ("both", 0.05)
-    assert default.model.pre_emphasis == 0
+    assert default.model.pre_emphasis == 0.85
     for preset in ("demo", "vocoder", "demo_vocoder", "base"):  # they keep what they measured
         job = compose_job("train", [f"experiment={preset}", "data.root=/x"])
         assert job.model.input == "onehot" and job.train.weight_decay == 0, preset

@@ -45,6 +45,11 @@ class TrainConfig:
             off overfitting the bundled corpora at 12 CPU-minutes (README, Evaluate: fourth and
             fifth searches).
         grad_clip: clip the global gradient norm to this; None does not clip.
+        input_noise: standard deviation, in mu-law classes, of Gaussian noise (rounded to
+            whole classes) added to the past samples a "mulaw" model reads in training; the
+            targets stay clean. The model learns to continue from contexts as imperfect as its
+            own samples will be in generation (LPCNet injects noise for the same reason);
+            0 is none.
         ema_decay: decay of the exponential moving average of weights; None turns EMA off.
         log_every: steps between logged training scalars.
         eval_every: steps between held-out evaluations (and best-checkpoint updates).
@@ -83,6 +88,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.05
     grad_clip: float | None = 1.0
+    input_noise: float = 0.0
     ema_decay: float | None = 0.999
     log_every: int = 50
     eval_every: int = 500
@@ -120,6 +126,7 @@ class TrainConfig:
             checks.number(f"{k}betas[{i}]", beta, 0, 1, hi_open=True)
         checks.number(k + "weight_decay", self.weight_decay, 0)
         checks.number(k + "grad_clip", self.grad_clip, 0, lo_open=True, optional=True)
+        checks.number(k + "input_noise", self.input_noise, 0, 64)
         checks.number(k + "ema_decay", self.ema_decay, 0, 1, hi_open=True, optional=True)
         for key in ("log_every", "eval_every", "checkpoint_every", "keep_last", "max_bad_steps"):
             checks.integer(k + key, getattr(self, key), 1)
@@ -156,6 +163,9 @@ class TrainJob:
             seconds = getattr(self.train, key)
             if seconds is not None and seconds * rate < 1:
                 raise UserError(f"train.{key}={seconds:g} is less than one sample at {rate} Hz")
+        if self.train.input_noise and self.model.output != "mulaw":
+            raise UserError(f"train.input_noise={self.train.input_noise:g} perturbs mu-law "
+                            f"classes; model.output={self.model.output} has none: set it to 0")
         mel = self.model.mel
         if mel is not None:
             if mel.sample_rate is None:

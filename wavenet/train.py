@@ -132,7 +132,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 # Settings added since checkpoints were first written, with the value that does what runs did
 # before the key existed: a checkpoint without the key is compared as if it held that value.
-BEFORE_KEY_EXISTED = {"data.flip_polarity": False, "data.speed_perturb": 0.0}
+BEFORE_KEY_EXISTED = {"data.flip_polarity": False, "data.speed_perturb": 0.0,
+                      "train.input_noise": 0.0}
 
 
 def run_changes(stored: dict, requested: dict) -> dict[str, tuple]:
@@ -254,9 +255,14 @@ class Stepper:
         x = model.encode_audio(batch["audio"], batch.get("mel"), mel_offset, batch.get("before"))
         rf = model.receptive_field
         model.train()
+        inputs = x[:, :-1]
+        if cfg.input_noise:
+            draws = np.random.default_rng([cfg.seed, state.step, self.world.rank])
+            inputs = jitter_classes(inputs, cfg.input_noise, model.cfg.quantization_channels,
+                                    draws)
         with precision(self.device, self.precision):
             # Column t predicts sample t+1; only columns with a full receptive field are scored.
-            params = self.forward(x[:, :-1], batch.get("speaker"), batch.get("mel"),
+            params = self.forward(inputs, batch.get("speaker"), batch.get("mel"),
                                   mel_offset=mel_offset,
                                   first_output=rf - 1)
         loss = model.dist.nll(params, x[:, rf:])
@@ -275,6 +281,15 @@ class Stepper:
         if state.ema is not None:
             state.ema.update_parameters(model)
         return loss_value, grad_norm, True
+
+
+def jitter_classes(classes: torch.Tensor, sigma: float, levels: int,
+                   draws: np.random.Generator) -> torch.Tensor:
+    """classes (B, T) moved by Gaussian noise of `sigma` classes, rounded, kept in
+    [0, levels - 1]: the inputs of training with train.input_noise. A pure function of `draws`,
+    which the step seeds from (seed, step, rank), so a resumed run sees the same noise."""
+    noise = np.rint(draws.normal(0.0, sigma, tuple(classes.shape))).astype(np.int64)
+    return (classes + torch.from_numpy(noise).to(classes.device)).clamp_(0, levels - 1)
 
 
 class Clock:
