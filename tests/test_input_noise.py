@@ -6,6 +6,7 @@ import torch
 
 from tests.conftest import compose_job, tiny_train_overrides
 from wavenet import checkpoint
+from wavenet.data import FLIP_STREAM, INPUT_NOISE_STREAM, SPEED_STREAM, seeded_draws
 from wavenet.errors import UserError
 from wavenet.train import jitter_classes, train
 
@@ -22,6 +23,17 @@ def test_jittered_classes_move_by_rounded_gaussian_noise_within_the_classes():
     ends = jitter_classes(torch.tensor([[0, 255] * 500]), 3.0, 256, np.random.default_rng(1))
     assert ends.min() == 0 and ends.max() == 255
     assert (ends[0, ::2] > 0).any() and (ends[0, 1::2] < 255).any()
+
+
+def test_the_noise_of_each_step_and_process_is_its_own_stream():
+    """Not the draws of a crop numbered like the step (numpy seeds [a, b] and [a, b, 0] alike,
+    which would make rank 0's noise replay the crop positions)."""
+    def first(*key):
+        return tuple(seeded_draws(*key).integers(2**62, size=4))
+    assert first(0, 5) == first(0, 5, 0)  # the hazard itself
+    noise = {first(0, 5, INPUT_NOISE_STREAM, rank) for rank in range(4)}
+    crops = {first(0, 5, *stream) for stream in ((), (FLIP_STREAM,), (SPEED_STREAM,))}
+    assert len(noise) == 4 and not noise & crops
 
 
 def test_input_noise_changes_training_and_resumes_exactly(tone_folder, tmp_path):

@@ -426,6 +426,17 @@ class Conditioning:
         return cls(speakers, hop, cfg.mel_context_frames, cfg.whitening_order)
 
 
+# The random streams of a run, each a pure function of (seed, index, stream, …): a crop's
+# position (no stream), its sign and speed (by crop number), and training's input noise (by
+# step and process). numpy seeds [a, b] and [a, b, 0] alike, so no stream is 0.
+FLIP_STREAM, SPEED_STREAM, INPUT_NOISE_STREAM = 1, 2, 3
+
+
+def seeded_draws(seed: int, index: int, *stream: int) -> np.random.Generator:
+    """The generator of draw `index` of `stream` in a run seeded with `seed`."""
+    return np.random.default_rng([seed, index, *stream])
+
+
 class CropDataset(Dataset):
     """Random fixed-length crops of audio, each inside one file, with their conditioning.
 
@@ -473,20 +484,20 @@ class CropDataset(Dataset):
         return self.file_ids[k], start * self.stride
 
     def draws(self, index: int, *stream: int) -> np.random.Generator:
-        """The random draws of crop `index`: a pure function of (seed, index, stream), so a
-        resumed run or another worker count sees the same crops."""
-        return np.random.default_rng([self.seed, index, *stream])
+        """The random draws of crop `index` (see `seeded_draws`), so a resumed run or another
+        worker count sees the same crops."""
+        return seeded_draws(self.seed, index, *stream)
 
     def flipped(self, index: int) -> bool:
         """Whether crop `index` is played with its sign flipped (half of them, when asked)."""
-        return self.flip_polarity and bool(self.draws(index, 1).integers(2))
+        return self.flip_polarity and bool(self.draws(index, FLIP_STREAM).integers(2))
 
     def speed(self, index: int) -> float:
         """The speed crop `index` is played at: 1 unless perturbed, then drawn uniformly from
         [1 - speed_perturb, 1 + speed_perturb]."""
         if not self.speed_perturb:
             return 1.0
-        return float(self.draws(index, 2).uniform(1 - self.speed_perturb,
+        return float(self.draws(index, SPEED_STREAM).uniform(1 - self.speed_perturb,
                                                    1 + self.speed_perturb))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

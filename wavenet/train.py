@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from wavenet import checkpoint, checks
 from wavenet.config import TrainConfig, TrainJob
-from wavenet.data import file_frames
+from wavenet.data import INPUT_NOISE_STREAM, file_frames, seeded_draws
 from wavenet.distributed import World
 from wavenet.errors import UserError
 from wavenet.evaluate import heldout_nll
@@ -257,7 +257,7 @@ class Stepper:
         model.train()
         inputs = x[:, :-1]
         if cfg.input_noise:
-            draws = np.random.default_rng([cfg.seed, state.step, self.world.rank])
+            draws = seeded_draws(cfg.seed, state.step, INPUT_NOISE_STREAM, self.world.rank)
             inputs = jitter_classes(inputs, cfg.input_noise, model.cfg.quantization_channels,
                                     draws)
         with precision(self.device, self.precision):
@@ -287,7 +287,7 @@ def jitter_classes(classes: torch.Tensor, sigma: float, levels: int,
                    draws: np.random.Generator) -> torch.Tensor:
     """classes (B, T) moved by Gaussian noise of `sigma` classes, rounded, kept in
     [0, levels - 1]: the inputs of training with train.input_noise. A pure function of `draws`,
-    which the step seeds from (seed, step, rank), so a resumed run sees the same noise."""
+    which the step seeds from (seed, step, process), so a resumed run sees the same noise."""
     noise = np.rint(draws.normal(0.0, sigma, tuple(classes.shape))).astype(np.int64)
     return (classes + torch.from_numpy(noise).to(classes.device)).clamp_(0, levels - 1)
 
