@@ -16,6 +16,24 @@ from wavenet.cli import REPO_ROOT, compose
 torch.set_num_threads(1)  # determinism and fair sharing on CI's 2 cores
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _caches_under_tmp(tmp_path_factory):
+    """The compiled generation step and any cache a test leaves to its defaults go under the
+    session's temporary folder (subprocesses inherit it), never into the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cache")
+    saved = {k: os.environ.get(k) for k in ("WAVENET_CACHE", "XDG_CACHE_HOME")}
+    os.environ["WAVENET_CACHE"] = str(folder / "wavenet")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def write_tone_folder(folder: Path, n_files: int = 4, seconds: float = 0.5, rate: int = 8000,
                       f0: float = 250.0, seed: int = 0) -> Path:
     """Harmonic tones with a little noise, one WAV per file, slightly different levels."""

@@ -8,6 +8,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tests.conftest import compose_job, run_script, tiny_train_overrides
 from wavenet import checkpoint
@@ -15,7 +16,7 @@ from wavenet.audio import AudioConfig
 from wavenet.checks import duration_seconds
 from wavenet.config import TrainConfig
 from wavenet.data import open_cache
-from wavenet.train import lr_factor, run_changes, train
+from wavenet.train import TrainState, lr_factor, run_changes, train
 
 from .test_bad_input import one_line_error
 
@@ -114,6 +115,90 @@ def test_resuming_with_settings_that_change_the_run_is_refused(tone_folder, tmp_
     one_line_error(run_script("train", *changed, "data.audio.sample_rate=4000", cwd=tmp_path),
                    "data.audio.sample_rate=8000 (now 4000)")
     assert sorted(p.name for p in cache.iterdir()) == before
+
+
+def test_a_resume_with_changed_optimizer_settings_uses_the_new_ones(tmp_path):
+    """resume_changes=allow: the optimizer keeps its moments from the checkpoint but takes its
+    betas and weight decay (and AdamW's decoupling) from the job, as the log says it does."""
+
+    def state(*overrides):
+        job = compose_job("train", ["model=debug", f"data.root={tmp_path}", *overrides])
+        return TrainState(job, torch.device("cpu"))
+
+    old = state("train.weight_decay=0", "train.betas=[0.9,0.999]")
+    x = torch.randint(0, old.model.cfg.quantization_channels, (1, 40))
+    old.model(x).square().mean().backward()
+    old.optimizer.step()
+    ckpt = {"model": old.model.state_dict(), "ema": None, "ema_n_averaged": 0,
+            "optimizer": old.optimizer.state_dict(), "step": 1,
+            "rng": {"torch": torch.get_rng_state(), "cuda": []}}
+    new = state("train.weight_decay=0.05", "train.betas=[0.8,0.99]", "train.ema_decay=null")
+    new.load(ckpt)
+    group = new.optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.05 and group["betas"] == (0.8, 0.99)
+    assert group["decoupled_weight_decay"]  # AdamW's, though the checkpoint held Adam's
+    moved = [(old.optimizer.state[a]["exp_avg"], new.optimizer.state[b]["exp_avg"])
+             for a, b in zip(old.model.parameters(), new.model.parameters(), strict=True)
+             if a in old.optimizer.state]
+    assert moved and all(torch.equal(a, b) for a, b in moved)
+    # and back: AdamW's checkpoint resumed as plain Adam
+    back = state("train.weight_decay=0", "train.ema_decay=null")
+    back.load({**ckpt, "optimizer": new.optimizer.state_dict()})
+    assert not back.optimizer.param_groups[0]["decoupled_weight_decay"]
+    assert back.optimizer.param_groups[0]["weight_decay"] == 0
+
+
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(tone_folder, tmp_path):
+    """A resume from step 2 of a run that went on to step 6 starts another history: the old
+    steps 4 and 6 (and a best.pt written past step 2) move to superseded-00000002/ instead of
+    outranking the new checkpoints, and are not lost."""
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=6) + ["train.keep_last=3"]
+    run = tmp_path / "run"
+    train(compose_job("train", base), run)
+    ckpts = run / "checkpoints"
+    old = {p.name: checkpoint.load(p) for p in ckpts.glob("*.pt")}
+    assert sorted(old) == ["best.pt", "step-00000002.pt", "step-00000004.pt",
+                           "step-00000006.pt"]
+    other = base + [f"train.resume={ckpts / 'step-00000002.pt'}",
+                    "train.resume_changes=allow", "train.lr=0.0005"]
+    train(compose_job("train", other), run)
+    aside = ckpts / "superseded-00000002"
+    moved = sorted(p.name for p in aside.iterdir())
+    assert moved == sorted(["step-00000004.pt", "step-00000006.pt"]
+                           + (["best.pt"] if old["best.pt"]["step"] > 2 else []))
+    for name in moved:  # the old history, intact
+        kept = checkpoint.load(aside / name)
+        assert kept["step"] == old[name]["step"]
+        assert all(torch.equal(kept["model"][k], v) for k, v in old[name]["model"].items())
+    new = checkpoint.load(ckpts / "step-00000006.pt")
+    assert new["config"]["train"]["lr"] == 0.0005
+    assert not all(torch.equal(new["model"][k], v)
+                   for k, v in old["step-00000006.pt"]["model"].items())
+    assert checkpoint.newest(run) == ckpts / "step-00000006.pt"
+
+
+def test_auto_precision_resumes_only_as_the_arithmetic_it_ran(tone_folder, tmp_path,
+                                                             monkeypatch):
+    """train.precision=auto is bf16 on one machine and fp32 on another: a checkpoint records
+    what it ran as, and a resume that would run otherwise is a change like any other."""
+    import wavenet.train as train_module
+    from wavenet.runtime import training_precision
+
+    base = tiny_train_overrides(tone_folder, tmp_path, steps=4) + ["train.precision=auto"]
+    first = checkpoint.load(train(compose_job("train", base + ["train.stop_at=2"]),
+                                  tmp_path / "run"))
+    here = training_precision(torch.device("cpu"), "auto")
+    other = "fp32" if here == "bf16" else "bf16"
+    assert first["arithmetic"] == here
+    monkeypatch.setattr(train_module, "training_precision",
+                        lambda device, name: other if name == "auto" else name)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"train.precision=auto as {here} \(now auto as {other} on this "
+                             r"machine\); .*train.resume_changes=allow"):
+        train(compose_job("train", base + ["train.resume=auto"]), tmp_path / "run")
+    done = checkpoint.load(train(compose_job("train", base + [
+        "train.resume=auto", "train.resume_changes=allow"]), tmp_path / "run"))
+    assert done["step"] == 4 and done["arithmetic"] == other
 
 
 def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_old_behaviour(tmp_path):

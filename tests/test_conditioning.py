@@ -193,6 +193,33 @@ def test_copy_synthesis_from_npy_and_its_errors(tmp_path):
     assert sf.info(path).frames == len(prepared) // 32 * 32  # whole frames of the trimmed audio
 
 
+@pytest.mark.parametrize("kind", ["plain", "vocoder"])
+def test_training_writes_its_samples_to_tensorboard(tmp_path, kind):
+    """train.sample_every: a sample (a vocoder's copy synthesis of the start of a held-out
+    file, whole frames of it) and its spectrogram at each such step."""
+    import io
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    switching_tones(tmp_path / "a" / "x.wav", 0.6, seed=0)
+    switching_tones(tmp_path / "a" / "y.wav", 0.6, seed=1)
+    overrides = [o for o in tiny_train_overrides(tmp_path / "a", tmp_path, steps=2)
+                 if not o.startswith("train.sample_every")]
+    extra = ["experiment=vocoder", *VOCODER] if kind == "vocoder" else []
+    train(compose_job("train", [*extra, *overrides, "train.sample_every=1",
+                                "train.sample_seconds=0.05"]), tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"),
+                              size_guidance={"audio": 0, "images": 0})
+    events.Reload()
+    audio = events.Audio("sample/audio")
+    assert [a.step for a in audio] == [1, 2]
+    assert [i.step for i in events.Images("sample/spectrogram")] == [1, 2]
+    for event in audio:
+        wav, rate = sf.read(io.BytesIO(event.encoded_audio_string))
+        assert rate == RATE and len(wav) == (384 if kind == "vocoder" else 400)
+        assert np.isfinite(wav).all() and np.abs(wav).max() > 0
+
+
 def speaker_folder(root: Path) -> None:
     for n, name in enumerate(["zoe", "adam", "mia"]):  # not in sorted order
         write_tone_folder(root / name / "takes", n_files=2, seconds=0.3, rate=RATE,

@@ -119,6 +119,10 @@ def test_split_is_deterministic_by_file_and_never_empty(tmp_path):
     write_constant_files(tmp_path / "b", [200, 200])
     two = open_cache(tmp_path / "b", AUDIO, tmp_path / "cache")
     assert [len(s) for s in split_files(two, 0.01)] == [1, 1]
+    # one file trains, whatever its name's hash: at a fraction of 0.99 it would be held out
+    write_constant_files(tmp_path / "c", [200])
+    one = open_cache(tmp_path / "c", AUDIO, tmp_path / "cache")
+    assert split_files(one, 0.99) == ([0], [])
 
 
 def test_loader_batches_do_not_depend_on_workers_or_restarts(tmp_path):

@@ -134,3 +134,34 @@ def test_too_many_non_finite_steps_stop_with_the_checkpoint_from_before(tone_fol
     assert newest.name == "step-00000004.pt" and str(newest) in str(raised.value)
     ckpt = checkpoint.load(newest)
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_diverging_before_any_checkpoint_saves_the_weights_as_of_before(tone_folder, tmp_path):
+    """With no checkpoint yet, the untouched weights are saved as of the step before the first
+    skipped one (here the start), so that a resume goes through the skipped steps again."""
+    trainer = trainer_with_nan_steps(tone_folder, tmp_path, set(range(1, 100)),
+                                     ["train.max_bad_steps=3"])
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with pytest.raises(TrainingDiverged, match="steps 1-3 all had a non-finite loss") as raised:
+        trainer.fit()
+    [saved] = checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")
+    assert saved.name == "step-00000000.pt" and str(saved) in str(raised.value)
+    ckpt = checkpoint.load(saved)
+    assert ckpt["step"] == 0 and trainer.step == 3
+    assert all(torch.equal(t, ckpt["model"][n]) for n, t in start.items())
+
+
+def test_an_output_is_replaced_whole_or_not_at_all(tmp_path):
+    """JSON results, WAVs and pictures are written beside their name and renamed over it: a
+    writer that fails (or is interrupted) leaves the previous file as it was, and no litter."""
+    from wavenet.files import replacing, write_atomic
+
+    out = tmp_path / "evaluation.json"
+    write_atomic(out, '{"bits": 4.1}')
+    with pytest.raises(KeyboardInterrupt):
+        with replacing(out) as tmp:
+            tmp.write_text('{"bi')  # torn: Ctrl-C arrives mid-write
+            raise KeyboardInterrupt
+    assert out.read_text() == '{"bits": 4.1}' and sorted(tmp_path.iterdir()) == [out]
+    write_atomic(out, '{"bits": 3.9}')
+    assert out.read_text() == '{"bits": 3.9}' and sorted(tmp_path.iterdir()) == [out]

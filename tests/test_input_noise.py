@@ -13,26 +13,34 @@ from wavenet.train import jitter_classes, train
 
 def test_jittered_classes_move_by_rounded_gaussian_noise_within_the_classes():
     classes = torch.full((8, 5000), 128)
-    moved = jitter_classes(classes, 1.0, 256, np.random.default_rng([0, 7, 0]))
-    again = jitter_classes(classes, 1.0, 256, np.random.default_rng([0, 7, 0]))
+
+    def rows(*crops):
+        return [np.random.default_rng([0, c, INPUT_NOISE_STREAM]) for c in crops]
+    moved = jitter_classes(classes, 1.0, 256, rows(*range(8)))
+    again = jitter_classes(classes, 1.0, 256, rows(*range(8)))
     assert torch.equal(moved, again) and moved.dtype == classes.dtype
+    # each row is its crop's own: the same crops split over two processes get the same noise
+    halves = [jitter_classes(classes[:4], 1.0, 256, rows(*crops)) for crops in ((0, 1, 2, 3),
+                                                                                 (4, 5, 6, 7))]
+    assert torch.equal(torch.cat(halves), moved)
     shift = (moved - classes).double()
     # Rounding N(0, 1) leaves a class where it is with probability P(|z| < 0.5) = 0.383.
     assert abs((shift == 0).double().mean().item() - 0.383) < 0.02
     assert abs(shift.mean().item()) < 0.03 and abs(shift.std().item() - 1.04) < 0.03
-    ends = jitter_classes(torch.tensor([[0, 255] * 500]), 3.0, 256, np.random.default_rng(1))
+    ends = jitter_classes(torch.tensor([[0, 255] * 500]), 3.0, 256, [np.random.default_rng(1)])
     assert ends.min() == 0 and ends.max() == 255
     assert (ends[0, ::2] > 0).any() and (ends[0, 1::2] < 255).any()
 
 
-def test_the_noise_of_each_step_and_process_is_its_own_stream():
-    """Not the draws of a crop numbered like the step (numpy seeds [a, b] and [a, b, 0] alike,
-    which would make rank 0's noise replay the crop positions)."""
+def test_the_noise_of_each_crop_is_a_stream_of_its_own():
+    """Not the draws of the crop's position (numpy seeds [a, b] and [a, b, 0] alike, so a
+    stream numbered 0 would replay them), nor its flip or speed."""
     def first(*key):
         return tuple(seeded_draws(*key).integers(2**62, size=4))
     assert first(0, 5) == first(0, 5, 0)  # the hazard itself
-    noise = {first(0, 5, INPUT_NOISE_STREAM, rank) for rank in range(4)}
-    crops = {first(0, 5, *stream) for stream in ((), (FLIP_STREAM,), (SPEED_STREAM,))}
+    noise = {first(0, crop, INPUT_NOISE_STREAM) for crop in range(4)}
+    crops = {first(0, crop, *stream) for crop in range(4)
+             for stream in ((), (FLIP_STREAM,), (SPEED_STREAM,))}
     assert len(noise) == 4 and not noise & crops
 
 

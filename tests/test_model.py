@@ -54,7 +54,12 @@ def test_forward_shapes_and_parameters():
     model = tiny()
     x = torch.randint(0, 16, (3, 50))
     assert model(x).shape == (3, 16, 50)
-    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+    # The architecture, counted by hand: the input table (Q×R); per layer the dilated
+    # convolution R → 2G of kernel k with its bias and the 1×1 out G → R + S with its bias;
+    # the head S → S → Q.
+    q, r, g, s, k, layers = 16, 6, 5, 7, 2, 6
+    per_layer = 2 * g * r * k + 2 * g + g * (r + s) + (r + s)
+    assert model.num_parameters() == q * r + layers * per_layer + s * s + s + s * q + q == 1528
 
 
 def test_base_config_is_the_paper_model():

@@ -25,6 +25,7 @@ from wavenet.audio import AudioError, load_for_training
 from wavenet.config import TrainJob, check_sampling
 from wavenet.errors import UserError
 from wavenet.features import log_mel
+from wavenet.files import replacing
 from wavenet.generate import generate, resolve_method, resolve_precision
 from wavenet.model import WaveNet
 from wavenet.quantize import DEFAULT_PRECISION
@@ -325,7 +326,8 @@ def load(path: str | Path, use_ema: bool = True, device: str = "auto") -> Model:
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write mono audio (T,) in [-1, 1] as a 16-bit PCM WAV (folders are created)."""
+    """Write mono audio (T,) in [-1, 1] as a 16-bit PCM WAV (folders are created); a file
+    already at `path` is replaced only once the new one is complete."""
     import soundfile as sf
 
     audio = real_array(audio, "audio")
@@ -337,5 +339,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     if path.suffix.lower() != ".wav":
         raise UserError(f"write_wav writes .wav files; {path} has another suffix")
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, np.clip(audio, -1.0, 1.0), int(sample_rate), subtype="PCM_16")
+    with replacing(path) as tmp:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), int(sample_rate), subtype="PCM_16",
+                 format="WAV")
     return path

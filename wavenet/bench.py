@@ -17,6 +17,7 @@ from torch import nn
 
 from wavenet import checks
 from wavenet.config import BenchJob
+from wavenet.files import write_atomic
 from wavenet.generate import (
     NOISE_BLOCK,
     generate,
@@ -365,7 +366,7 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path,
     print(format_table(report))
     out = Path(job.out) if job.out else out_dir / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_atomic(out, json.dumps(report, indent=2))
     print(f"\nwritten to {out}")
     return report
 

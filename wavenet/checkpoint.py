@@ -17,6 +17,7 @@ from wavenet.audio import AudioConfig
 from wavenet.config import TrainConfig, TrainJob
 from wavenet.data import DataConfig
 from wavenet.errors import UserError
+from wavenet.files import replacing
 from wavenet.model import WaveNet, WaveNetConfig
 
 FORMAT = "wavenet-checkpoint-v1"
@@ -37,16 +38,11 @@ def save_atomic(obj: dict, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         try:
             _write(tmp, buffer.getbuffer())
         except OSError as err:
             raise OSError(err.errno, err.strerror, str(path)) from err
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -90,6 +86,39 @@ def step_checkpoints(folder: Path) -> list[Path]:
     found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt")
              if (m := STEP_FILE.search(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def set_aside_after(folder: Path, step: int) -> Path | None:
+    """Move what a run folder's checkpoints/ holds from beyond `step` (step files past it, and
+    best.pt if it was written past it) into folder/superseded-<step>/.
+
+    A resume from an earlier checkpoint of the same run starts another history at `step`; left
+    in place, the later files would outrank its new checkpoints (pruning keeps the highest
+    steps, resume=auto and sampling pick them up). Nothing is deleted.
+
+    Returns:
+        The folder the files went to, or None when there were none.
+    """
+    later = [p for p in step_checkpoints(folder)
+             if int(STEP_FILE.search(p.name).group(1)) > step]
+    if not later:
+        return None
+    best = folder / "best.pt"
+    if best.is_file():
+        try:
+            beyond = load(best).get("step", 0) > step
+        except CheckpointError:  # unreadable: keep it, out of the way
+            beyond = True
+        if beyond:
+            later.append(best)
+    aside, n = folder / f"superseded-{step:08d}", 1
+    while aside.exists():  # resumed from this step before: keep that history too
+        n += 1
+        aside = folder / f"superseded-{step:08d}-{n}"
+    aside.mkdir()
+    for path in later:
+        os.replace(path, aside / path.name)
+    return aside
 
 
 def resolve(path: str | Path) -> Path:

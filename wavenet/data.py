@@ -32,6 +32,7 @@ from wavenet.audio import (
     load_for_training,
 )
 from wavenet.features import MelConfig, frame_window, frames_for, log_mel
+from wavenet.files import write_atomic
 from wavenet.runtime import progress_bar
 
 if TYPE_CHECKING:  # the data layer reads a model config, but does not build models
@@ -69,7 +70,7 @@ class DataConfig:
             every crop as recorded. Only for models of audio alone: a vocoder's mel frames
             would no longer describe the crop.
         num_workers: DataLoader worker processes; None: none when training on the CPU (crops
-            come from a memory-mapped cache in microseconds: on 2 cores training ran as fast
+            are read from the preprocessed cache in microseconds: on 2 cores training ran as fast
             without workers, which each hold a copy of PyTorch; README: Train), 2 on a GPU.
         audio: preprocessing (rate, trimming, normalization).
     """
@@ -261,9 +262,7 @@ def _build_cache(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig, 
         "files": [asdict(f) for f in kept],
         "skipped": skipped,
     }
-    tmp_index = directory / f"index.json.tmp{os.getpid()}"
-    tmp_index.write_text(json.dumps(index, indent=1))
-    os.replace(tmp_index, directory / "index.json")
+    write_atomic(directory / "index.json", json.dumps(index, indent=1))
     for stale in [*directory.glob("samples-*.i16"), *directory.glob("mels-*.f16")]:
         if stale.name not in (samples_name, mels_name):
             stale.unlink()
@@ -335,8 +334,8 @@ def _preprocess(root: Path, scanned: list[CachedFile], audio_cfg: AudioConfig,
 def split_files(cache: AudioCache, valid_fraction: float) -> tuple[list[int], list[int]]:
     """Deterministic (train, valid) file indices from a hash of each relative path.
 
-    With at least two files and a positive fraction, at least one file is held out and at least
-    one is kept for training.
+    At least one file is always kept for training (a corpus of one file has no held-out part),
+    and with at least two files and a positive fraction at least one is held out.
     """
     def unit(path: str) -> float:
         return int(hashlib.sha1(path.encode()).hexdigest()[:8], 16) / 16**8
@@ -345,7 +344,7 @@ def split_files(cache: AudioCache, valid_fraction: float) -> tuple[list[int], li
     valid = [i for i, s in enumerate(scores) if s < valid_fraction]
     if valid_fraction > 0 and not valid and len(scores) > 1:
         valid = [int(np.argmin(scores))]
-    if len(valid) == len(scores) and len(scores) > 1:
+    if valid and len(valid) == len(scores):
         valid.remove(int(np.argmax(scores)))
     train = [i for i in range(len(scores)) if i not in set(valid)]
     return train, valid
@@ -514,6 +513,7 @@ class CropDataset(Dataset):
             for key in ("audio", "before"):
                 if key in item:
                     item[key] = -item[key]
+        item["crop"] = torch.tensor(index)  # keys what else is drawn for it (input noise)
         return item
 
 

@@ -23,6 +23,7 @@ from wavenet.data import (
     split_files,
 )
 from wavenet.errors import UserError
+from wavenet.files import write_atomic
 from wavenet.generate import generate, resolve_precision, teacher_forced
 from wavenet.model import WaveNet
 from wavenet.quality import (
@@ -185,7 +186,7 @@ def evaluate(job: EvaluateJob, out_dir: Path) -> dict:
     )
     out = Path(job.out) if job.out else out_dir / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_atomic(out, json.dumps(result, indent=2))
     print(f"{'held-out ' if job.split == 'valid' else ''}NLL ({job.split} split): "
           f"{result['bits_per_sample']:.3f} bits/sample over "
           f"{result['seconds']:.1f} s in {len(ids)} files ({result['weights']} weights, "

@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from wavenet.files import replacing  # noqa: E402
+
 
 def spectrogram_figure(audio: np.ndarray, sample_rate: int, title: str = ""):
     """A log-magnitude STFT picture of a mono waveform (T,), as a matplotlib Figure."""
@@ -31,5 +33,8 @@ def spectrogram_figure(audio: np.ndarray, sample_rate: int, title: str = ""):
 def save_spectrogram(path: str | Path, audio: np.ndarray, sample_rate: int,
                      title: str = "") -> None:
     fig = spectrogram_figure(audio, sample_rate, title)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)

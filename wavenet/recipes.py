@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wavenet.config import EvaluateJob, TrainJob
+from wavenet.files import write_atomic
 
 # What a user gets from the defaults, and the recipe most open-source WaveNets ship: 24 layers
 # (3 cycles of dilations 1 … 128), 64 residual / 128 gate / 256 skip channels, one-hot input,
@@ -78,7 +79,7 @@ def run_all(runs: list[Run], out_dir: Path, streams: int = 4, seconds: float = 4
                                           scored["bits_per_sample"]),
             "sample_quality": scored.get("sample_quality"),
             "wall_seconds": time.time() - started})
-        (out_dir / "quality.json").write_text(json.dumps(report, indent=2))
+        write_atomic(out_dir / "quality.json", json.dumps(report, indent=2))
     return report
 
 

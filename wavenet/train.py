@@ -150,6 +150,7 @@ class TrainState:
 
     def __init__(self, job: TrainJob, device: torch.device):
         cfg = job.train
+        self.arithmetic = training_precision(device, cfg.precision)
         torch.manual_seed(cfg.seed)
         self.model = WaveNet(job.model).to(device)
         opt_cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
@@ -177,6 +178,7 @@ class TrainState:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
             "optimizer": self.optimizer.state_dict(),
+            "arithmetic": self.arithmetic,
             "elapsed_s": spent,
             "best_bits": float(self.best_bits),
             "rng": {"torch": torch.get_rng_state(),
@@ -188,7 +190,14 @@ class TrainState:
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+        # The checkpoint gives the optimizer's state (its moments), the job its settings:
+        # load_state_dict would bring back the stored betas and weight decay (and AdamW's
+        # decoupling), so that a resume with changed settings would silently keep the old.
+        settings = [{k: v for k, v in group.items() if k != "params"}
+                    for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
         self.step = ckpt["step"]
         self.spent = float(ckpt.get("elapsed_s", 0.0))
         self.best_bits = ckpt.get("best_bits", math.inf)
@@ -198,9 +207,10 @@ class TrainState:
 
 
 def check_resumable(path: Path, ckpt: dict, job: TrainJob,
-                    speakers: list[str] | None = None) -> None:
+                    speakers: list[str] | None = None, arithmetic: str | None = None) -> None:
     """Refuse to resume a checkpoint into a different run (see FREE_ON_RESUME). Without
-    `speakers` (before the data is read), what depends on the data is not checked yet."""
+    `speakers` (before the data is read), what depends on the data is not checked yet.
+    `arithmetic` is what train.precision runs as here (auto's choice depends on the machine)."""
     # Through the dataclass, keys added since the checkpoint was written take their defaults.
     stored = asdict(WaveNetConfig(**ckpt["config"]["model"]))
     requested = asdict(job.model)
@@ -220,6 +230,10 @@ def check_resumable(path: Path, ckpt: dict, job: TrainJob,
     if speakers is not None:
         return  # the settings were checked before the data was read
     changes = run_changes(ckpt["config"], asdict(job))
+    ran = ckpt.get("arithmetic")  # not recorded before train.precision=auto existed
+    if arithmetic and ran and ran != arithmetic and "train.precision" not in changes:
+        changes["train.precision"] = (f"{ckpt['config']['train']['precision']} as {ran}",
+                                      f"{job.train.precision} as {arithmetic} on this machine")
     if changes:
         listed = ", ".join(f"{k}={checks.shown(a)} (now {checks.shown(b)})"
                            for k, (a, b) in changes.items())
@@ -237,7 +251,7 @@ class Stepper:
 
     def __init__(self, state: TrainState, cfg: TrainConfig, world: World, device: torch.device):
         self.state, self.cfg, self.world, self.device = state, cfg, world, device
-        self.precision = training_precision(device, cfg.precision)
+        self.precision = state.arithmetic
         forward = state.model
         if world.distributed:
             forward = DistributedDataParallel(
@@ -257,7 +271,8 @@ class Stepper:
         model.train()
         inputs = x[:, :-1]
         if cfg.input_noise:
-            draws = seeded_draws(cfg.seed, state.step, INPUT_NOISE_STREAM, self.world.rank)
+            draws = [seeded_draws(cfg.seed, int(crop), INPUT_NOISE_STREAM)
+                     for crop in batch["crop"]]
             inputs = jitter_classes(inputs, cfg.input_noise, model.cfg.quantization_channels,
                                     draws)
         with precision(self.device, self.precision):
@@ -284,12 +299,14 @@ class Stepper:
 
 
 def jitter_classes(classes: torch.Tensor, sigma: float, levels: int,
-                   draws: np.random.Generator) -> torch.Tensor:
+                   draws: list[np.random.Generator]) -> torch.Tensor:
     """classes (B, T) moved by Gaussian noise of `sigma` classes, rounded, kept in
-    [0, levels - 1]: the inputs of training with train.input_noise. A pure function of `draws`,
-    which the step seeds from (seed, step, process), so a resumed run sees the same noise."""
-    noise = np.rint(draws.normal(0.0, sigma, tuple(classes.shape))).astype(np.int64)
-    return (classes + torch.from_numpy(noise).to(classes.device)).clamp_(0, levels - 1)
+    [0, levels - 1]: the inputs of training with train.input_noise. Row b is a pure function of
+    draws[b], which the step seeds from its crop's number, so a resumed run, or one on another
+    number of processes, sees the same noise."""
+    noise = np.stack([np.rint(d.normal(0.0, sigma, classes.shape[1])) for d in draws])
+    return (classes + torch.from_numpy(noise.astype(np.int64)).to(classes.device)
+            ).clamp_(0, levels - 1)
 
 
 class Clock:
@@ -360,7 +377,8 @@ class Trainer:
         self._resumed = None
         if self.resumed_from is not None:
             self._resumed = checkpoint.load(self.resumed_from, map_location=self.device)
-            check_resumable(self.resumed_from, self._resumed, job)
+            check_resumable(self.resumed_from, self._resumed, job,
+                            arithmetic=training_precision(self.device, self.cfg.precision))
         # The data next: a multi-speaker model's size comes from it.
         self.data = TrainData.open(job, self.world)
         self.state = TrainState(job, self.device)
@@ -407,6 +425,12 @@ class Trainer:
         self.state.load(self._resumed)
         self._resumed = None
         log.info("resumed from %s at step %d", self.resumed_from, self.step)
+        if self.world.is_main and self.ckpt_dir.is_dir():
+            aside = checkpoint.set_aside_after(self.ckpt_dir, self.step)
+            if aside is not None:
+                log.warning("%s held checkpoints from beyond step %d (a later part of the run "
+                            "this resume leaves); moved them to %s", self.ckpt_dir, self.step,
+                            aside)
 
     def save(self) -> Path | None:
         """Write this step's checkpoint (rank 0; other processes return None)."""
@@ -493,8 +517,7 @@ class Trainer:
         if bad_steps >= cfg.max_bad_steps:
             self._diverged()
         if bad_steps:  # the run ended inside a run of skipped steps: no checkpoint of it
-            existing = checkpoint.step_checkpoints(self.ckpt_dir)
-            last_saved = existing[-1] if existing else self.save()
+            last_saved = self._checkpoint_before(bad_steps)
         elif last_saved is None or last_saved != self.step_path():
             last_saved = self.save()
         if main:
@@ -581,17 +604,30 @@ class Trainer:
             return f"{steps} or {budget}, whichever comes first"
         return steps or budget
 
-    def _diverged(self) -> None:
-        """Stop after max_bad_steps non-finite steps in a row. The newest checkpoint predates
-        them (skipped steps change nothing and write none); with none yet, the current weights,
-        which no non-finite step touched, are saved."""
-        first = self.step - self.cfg.max_bad_steps + 1
+    def _checkpoint_before(self, bad_steps: int) -> Path | None:
+        """The checkpoint to continue from when the last `bad_steps` steps were skipped: the
+        newest one (none is written inside a run of skipped steps), or, with none yet, the
+        weights now, which no skipped step changed, saved as of the step before the first
+        skipped one, so that a resume goes through those steps' crops again."""
         existing = checkpoint.step_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
-        path = existing[-1] if existing else self.save()
+        if existing:
+            return existing[-1]
+        now = self.state.step
+        self.state.step = now - bad_steps
+        try:
+            return self.save()
+        finally:
+            self.state.step = now
+
+    def _diverged(self) -> None:
+        """Stop after max_bad_steps non-finite steps in a row, naming a checkpoint from
+        before them."""
+        first = self.step - self.cfg.max_bad_steps + 1
+        path = self._checkpoint_before(self.cfg.max_bad_steps)
         raise TrainingDiverged(
             f"training diverged: steps {first}-{self.step} all had a non-finite loss or gradient; "
-            f"{path} is from before that: lower train.lr (or set train.grad_clip) and continue "
-            "with train.resume=auto")
+            f"{path or 'the newest checkpoint'} is from before that: lower train.lr (or set "
+            "train.grad_clip) and continue with train.resume=auto")
 
 
 def _clock(seconds: float) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from wavenet.api import Model
+from wavenet.api import Model, write_wav
 from wavenet.audio import AudioError, audio_extensions
 from wavenet.features import frame_window
 from wavenet.quantize import DEFAULT_PRECISION
@@ -68,10 +68,7 @@ def vocode_folder(model: Model, root: Path, out_dir: Path, batch: int, temperatu
                                    precision=precision)
             for path, f, stream in zip(group, feats, audio, strict=True):
                 out = out_dir / path.relative_to(root).with_suffix(".wav")
-                out.parent.mkdir(parents=True, exist_ok=True)
-                sf.write(out, np.clip(stream[: f.shape[1] * hop], -1, 1), model.sample_rate,
-                         subtype="PCM_16")
-                written.append(out)
+                written.append(write_wav(out, stream[: f.shape[1] * hop], model.sample_rate))
                 made += f.shape[1] * hop
             bar.update(len(group))
             seconds = made / model.sample_rate
