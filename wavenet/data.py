@@ -426,8 +426,8 @@ class Conditioning:
 
 
 # The random streams of a run, each a pure function of (seed, index, stream, …): a crop's
-# position (no stream), its sign and speed (by crop number), and training's input noise (by
-# step and process). numpy seeds [a, b] and [a, b, 0] alike, so no stream is 0.
+# position (no stream), its sign, its speed and training's input noise, all by crop number.
+# numpy seeds [a, b] and [a, b, 0] alike, so no stream is 0.
 FLIP_STREAM, SPEED_STREAM, INPUT_NOISE_STREAM = 1, 2, 3
 
 
