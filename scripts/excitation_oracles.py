@@ -109,10 +109,11 @@ def main() -> None:
         audio = audio[:n]
         mel = log_mel(audio, RATE, cfg)[None]
 
-        def coefficients(first, length, mel=mel):
+        def coefficients(first, length, past, mel=mel):
             return whitening_filter(EMPHASIS, ORDER, 0.0, cfg, mel, first, length)
 
-        residual = whiten(torch.from_numpy(audio)[None], coefficients(0, n))[0].double().numpy()
+        residual = whiten(torch.from_numpy(audio)[None],
+                          coefficients(0, n, None))[0].double().numpy()
         frames = n // HOP
         level = np.sqrt(np.mean(residual.reshape(frames, HOP) ** 2, axis=1)) + 1e-12
         noise = np.random.default_rng(0).standard_normal(n)

@@ -223,6 +223,15 @@ def test_files_with_nan_or_infinite_samples_are_counted_skips(tmp_path, caplog):
     ("train", "model.excitation_rms=0.1", "model.excitation_rms=0.1 scales a linear predictor's "
      "residual: set model.lpc_order too, or model.excitation_rms=0"),
     ("train", "model.input=table", "model.input=table: use onehot, scalar, both"),
+    ("train", "model.adaptive_lpc_order=300", "model.adaptive_lpc_order=300: must be an integer "
+     "in 0..256"),
+    ("vocoder", "model.adaptive_lpc_window=1", "model.adaptive_lpc_window=1: must be an "
+     "integer in 2..65536"),
+    ("vocoder", "model.adaptive_lpc_hop=0", "model.adaptive_lpc_hop=0: must be an integer in "
+     "1..65536"),
+    ("train", "model.adaptive_lpc_gamma=0", "model.adaptive_lpc_gamma=0.0: must be in (0, 1]"),
+    ("vocoder", "model.adaptive_lpc_order=8", "model.adaptive_lpc_order=8 and "
+     "model.lpc_order=16 are two predictors: set one of them to 0"),
     ("vocoder", "model.excitation_rms=2", "model.excitation_rms=2.0: must be in [0, 1]"),
     ("vocoder", "model.cond_layers=-1", "model.cond_layers=-1: must be an integer in 0..64"),
     ("vocoder", "model.cond_channels=0", "model.cond_channels=0: must be an integer in "

@@ -132,7 +132,9 @@ def test_a_checkpoint_from_before_new_model_keys_resumes(tone_folder, tmp_path):
     base = tiny_train_overrides(tone_folder, tmp_path, steps=2)
     path = train(compose_job("train", base), tmp_path / "run")
     ckpt = checkpoint.load(path)
-    for key in ("pre_emphasis", "lpc_order", "excitation_rms", "cond_layers", "cond_channels"):
+    for key in ("pre_emphasis", "lpc_order", "excitation_rms", "cond_layers", "cond_channels",
+                "adaptive_lpc_order", "adaptive_lpc_window", "adaptive_lpc_hop",
+                "adaptive_lpc_gamma"):
         del ckpt["config"]["model"][key]
     torch.save(ckpt, path)
     resumed = train(compose_job("train", base + ["train.resume=auto", "train.max_steps=3",

@@ -34,7 +34,7 @@ def tiny_tone_job(tmp_path, *extra: str):
 def plain_tone_model(tmp_path_factory):
     """A tiny model of the waveform itself, trained on the tone, and its held-out scores."""
     tmp = tmp_path_factory.mktemp("plain")
-    job = tiny_tone_job(tmp, "model.pre_emphasis=0")
+    job = tiny_tone_job(tmp, "model.pre_emphasis=0", "model.adaptive_lpc_order=0")
     model, _ = checkpoint.load_model(train(job, tmp / "run"))
     valid = open_cache(tmp / "valid", job.data.audio, tmp / "cache")
     return model, heldout_nll(model, valid, [0])
@@ -57,7 +57,7 @@ def test_tiny_model_learns_a_periodic_signal(plain_tone_model):
 def test_a_pre_emphasis_model_is_scored_on_the_waveforms_own_classes(tmp_path, plain_tone_model):
     """Its own bits are its excitation's; its waveform bits say it predicts the waveform as
     well as a model of the waveform does, and generation de-emphasizes to the tone."""
-    job = tiny_tone_job(tmp_path, "model.pre_emphasis=0.85")
+    job = tiny_tone_job(tmp_path, "model.pre_emphasis=0.85", "model.adaptive_lpc_order=0")
     model, _ = checkpoint.load_model(train(job, tmp_path / "run"))
     valid = open_cache(tmp_path / "valid", job.data.audio, tmp_path / "cache")
     result = heldout_nll(model, valid, [0])
@@ -75,3 +75,29 @@ def test_a_pre_emphasis_model_is_scored_on_the_waveforms_own_classes(tmp_path, p
     audio = model.audio_decoder()(values)[0][RATE // 8:]
     spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
     assert abs((np.argmax(spectrum[1:]) + 1) * RATE / len(audio) - F0) < 10
+
+
+def test_a_past_predictor_model_predicts_the_waveform_and_generates(tmp_path, plain_tone_model):
+    """With a backward-adaptive predictor, the predictor and the model together predict the
+    waveform's own classes far better than a model without context, on the plain model's
+    scale (measured 3.57 against 3.56: on a steady tone the predictor takes it all, and the
+    excitation left is the tone's noise), and generation refits the predictor to the audio it
+    makes, from a prime or from silence."""
+    import wavenet
+
+    job = tiny_tone_job(tmp_path, "model.pre_emphasis=0.85", "model.adaptive_lpc_order=16",
+                        "model.adaptive_lpc_window=256", "model.adaptive_lpc_hop=64")
+    run = train(job, tmp_path / "run")
+    model, _ = checkpoint.load_model(run)
+    valid = open_cache(tmp_path / "valid", job.data.audio, tmp_path / "cache")
+    result = heldout_nll(model, valid, [0])
+    entropy = class_entropy_bits(mu_law_encode(valid.audio(0), 256)[1:], 256)
+    assert result["waveform_bits_per_sample"] < entropy - 2.5, (result, entropy)
+    plain_bits = plain_tone_model[1]["bits_per_sample"]
+    assert abs(result["waveform_bits_per_sample"] - plain_bits) < 0.6, (result, plain_bits)
+
+    loaded = wavenet.load(run)
+    for prime in (valid.audio(0)[:RATE // 10], None):
+        audio = loaded.generate(seconds=0.25, n=2, seed=0, prime=prime)
+        assert audio.shape == (2, RATE // 4) and np.isfinite(audio).all()
+        assert np.abs(audio).max() <= 1 and audio.std() > 0.01

@@ -20,14 +20,15 @@ def test_the_recipes_compose_for_every_corpus_with_a_wall_clock_budget():
     assert (t.batch_size, plain.data.crop_samples, t.lr) == (4, 4000, 1e-3)
     assert t.final_lr is None and t.warmup_steps == 0 and t.ema_decay is None
     assert t.weight_decay == 0 and not plain.data.flip_polarity and m.input == "onehot"
-    assert m.pre_emphasis == 0
+    assert m.pre_emphasis == 0 and m.adaptive_lpc_order == 0
     default = compose_job("train", [CORPORA["piano"]])
     assert (default.model.input, default.train.weight_decay) == ("both", 0.05)
-    assert default.model.pre_emphasis == 0.85
+    assert default.model.pre_emphasis == 0.85 and default.model.adaptive_lpc_order == 32
     for preset in ("demo", "vocoder", "demo_vocoder", "base"):  # they keep what they measured
         job = compose_job("train", [f"experiment={preset}", "data.root=/x"])
         assert job.model.input == "onehot" and job.train.weight_decay == 0, preset
         assert job.model.pre_emphasis == (0.85 if "vocoder" in preset else 0), preset
+        assert job.model.adaptive_lpc_order == 0, preset
 
 
 def test_a_budgeted_run_is_trained_scored_reported_and_reused(tone_folder, tmp_path):

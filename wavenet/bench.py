@@ -94,6 +94,22 @@ def generation_rate(model: WaveNet, batch: int, method: str, threads: int,
     return best_rate(window, seconds)
 
 
+def decode_rate(model: WaveNet, batch: int, seconds: float) -> float:
+    """Samples/s (all streams together) of turning generated values into audio, on one
+    thread, in stretches of 4,000: a whitening model's synthesis filter, with a backward-
+    adaptive predictor's refits (a model of the waveform itself only looks its values up)."""
+    values = torch.randint(0, model.cfg.quantization_channels, (batch, 16000),
+                           generator=torch.Generator().manual_seed(0))
+    decode = model.audio_decoder(batch=batch)
+
+    def second() -> int:
+        for i in range(0, values.shape[1], 4000):
+            decode(values[:, i:i + 4000])
+        return values.numel()
+
+    return best_rate(second, seconds)
+
+
 def vocoder_rate(cfg: WaveNetConfig, seconds: float, sample_rate: int = 16000) -> dict:
     """Copy synthesis at batch 1 on one thread, by the fast path: samples/s and how many times
     real time that is at `sample_rate`. Whole utterances of one second are timed, from their
@@ -337,6 +353,13 @@ def bench(job: BenchJob, models: dict[str, WaveNetConfig], out_dir: Path,
                   f"incremental {rates['incremental']:,.0f}, naive {rates['naive']:,.1f} "
                   "samples/s; fast by precision: " + ", ".join(
                       f"{p} {r:,.0f}" for p, r in by_precision.items()), flush=True)
+        torch.set_num_threads(1)
+        if model.cfg.whitening_order and model.cfg.mel is None:  # vocoders: vocoder_rate
+            row["decode_samples_per_s"] = {b: decode_rate(model, b, job.fast_seconds)
+                                           for b in job.batch_sizes}
+            print(f"{name}: values to audio (the synthesis filter), 1 thread: " + ", ".join(
+                f"batch {b} {r:,.0f} samples/s" for b, r in row["decode_samples_per_s"].items()),
+                flush=True)
         torch.set_num_threads(threads_default)
         if torch.cuda.is_available():  # the same steps on the GPU (the incremental path)
             on_gpu = WaveNet(cfg).eval().cuda()

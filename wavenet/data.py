@@ -408,8 +408,9 @@ class Conditioning:
             exactly as it would the whole file; 0 for generation, which takes a stretch's own
             frames.
         history: samples of audio before a stretch that its whitening filter reaches
-            (`WaveNetConfig.whitening_order`), attached as "before" so that a crop is whitened
-            exactly as in the whole file.
+            (`WaveNetConfig.whitening_history`), attached as "before" so that a crop is whitened
+            from its true past (a mel predictor's exactly as in the whole file; a backward-
+            adaptive one is fitted at the crop's own samples 0, hop, 2·hop, …).
     """
 
     speakers: list[int | None] | None = None
@@ -422,7 +423,7 @@ class Conditioning:
                   ) -> Conditioning:
         """What a model with this config is conditioned on, with the context it needs."""
         hop = cfg.mel.hop_length if cfg.mel is not None else None
-        return cls(speakers, hop, cfg.mel_context_frames, cfg.whitening_order)
+        return cls(speakers, hop, cfg.mel_context_frames, cfg.whitening_history)
 
 
 # The random streams of a run, each a pure function of (seed, index, stream, …): a crop's

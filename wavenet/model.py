@@ -16,7 +16,7 @@ from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
 from wavenet.features import MelConfig, frame_window, frames_for
 from wavenet.layers import ResidualBlock, residual_loop
-from wavenet.whitening import Colouring, Filter, whiten, whitening_filter
+from wavenet.whitening import Colouring, Filter, PastPredictor, whiten, whitening_filter
 
 INPUTS = ("onehot", "scalar", "both")
 
@@ -52,6 +52,13 @@ class WaveNetConfig:
             from each mel frame (as LPCNet does), instead of the audio itself; 0 is none.
         excitation_rms: with lpc_order: scale each frame's residual to this RMS, by the level
             the predictor expects from the frame; 0 leaves it as it is.
+        adaptive_lpc_order: model the residual of a linear predictor of this order fitted to
+            the audio's own recent past (backward-adaptive, `whitening.PastPredictor`), which
+            needs no conditioning; 0 is none. Not with lpc_order.
+        adaptive_lpc_window: samples of past audio the predictor is fitted to.
+        adaptive_lpc_hop: samples between fits.
+        adaptive_lpc_gamma: bandwidth expansion: the predictor's poles are pulled in to this
+            radius, so that drawn excitation cannot ring for ever (1 leaves them).
         cond_layers: vocoders: convolutions (3 frames wide, each with a residual connection)
             that turn the log-mel frames into features before upsampling: a frame of context
             on each side per layer; 0 upsamples the frames as they are.
@@ -77,6 +84,10 @@ class WaveNetConfig:
     pre_emphasis: float = 0.0
     lpc_order: int = 0
     excitation_rms: float = 0.0
+    adaptive_lpc_order: int = 0
+    adaptive_lpc_window: int = 512
+    adaptive_lpc_hop: int = 128
+    adaptive_lpc_gamma: float = 0.99
     cond_layers: int = 0
     cond_channels: int = 64
 
@@ -106,11 +117,23 @@ class WaveNetConfig:
             raise UserError(f"model.excitation_rms={self.excitation_rms:g} scales a linear "
                             "predictor's residual: set model.lpc_order too, or "
                             "model.excitation_rms=0")
+        checks.integer(k + "adaptive_lpc_order", self.adaptive_lpc_order, 0, 256)
+        checks.integer(k + "adaptive_lpc_window", self.adaptive_lpc_window, 2, 1 << 16)
+        if self.adaptive_lpc_window <= self.adaptive_lpc_order:
+            raise UserError(f"model.adaptive_lpc_window={self.adaptive_lpc_window} is no longer "
+                            f"than model.adaptive_lpc_order={self.adaptive_lpc_order}: fit the "
+                            "predictor to more samples than it has taps")
+        checks.integer(k + "adaptive_lpc_hop", self.adaptive_lpc_hop, 1, 1 << 16)
+        checks.number(k + "adaptive_lpc_gamma", self.adaptive_lpc_gamma, 0, 1, lo_open=True)
         checks.integer(k + "cond_layers", self.cond_layers, 0, 64)
         checks.integer(k + "cond_channels", self.cond_channels, 1, 8192)
         if self.lpc_order and self.mel is None:
             raise UserError(f"model.lpc_order={self.lpc_order} needs mel conditioning (a "
                             "vocoder, e.g. experiment=vocoder): set model.lpc_order=0")
+        if self.adaptive_lpc_order and self.lpc_order:
+            raise UserError(f"model.adaptive_lpc_order={self.adaptive_lpc_order} and "
+                            f"model.lpc_order={self.lpc_order} are two predictors: set one of "
+                            "them to 0")
         if self.mel is not None and math.prod(self.upsample_scales) != self.mel.hop_length:
             raise UserError(f"model.upsample_scales={list(self.upsample_scales)} multiply to "
                             f"{math.prod(self.upsample_scales)}, but model.mel.hop_length is "
@@ -140,7 +163,20 @@ class WaveNetConfig:
     @property
     def whitening_order(self) -> int:
         """Taps of the whitening filter W(z) (0: the audio is modelled as it is)."""
-        return self.lpc_order + (self.pre_emphasis > 0)
+        return self.lpc_order + self.adaptive_lpc_order + (self.pre_emphasis > 0)
+
+    @property
+    def whitening_history(self) -> int:
+        """Samples of audio before a stretch that its whitening filter reads: its taps, or the
+        window a backward-adaptive predictor is fitted to."""
+        return self.adaptive_lpc_window if self.adaptive_lpc_order else self.whitening_order
+
+    def past_predictor(self) -> PastPredictor | None:
+        """The backward-adaptive predictor (`adaptive_lpc_order`), or None."""
+        if not self.adaptive_lpc_order:
+            return None
+        return PastPredictor(self.adaptive_lpc_order, self.adaptive_lpc_window,
+                             self.adaptive_lpc_hop, self.adaptive_lpc_gamma, self.pre_emphasis)
 
     def distribution(self):
         return make_distribution(self.output, self.quantization_channels, self.mixtures,
@@ -281,7 +317,9 @@ class WaveNet(nn.Module):
         p = 0 if before is None else before.shape[1]
         if p:
             audio = torch.cat([before.to(audio), audio], dim=1)
-        filt = self.whitening(mel, mel_offset - p, audio.shape[1])
+        predictor = self.cfg.past_predictor()
+        filt = (predictor.whitening(audio, p) if predictor is not None
+                else self.whitening(mel, mel_offset - p, audio.shape[1]))
         gain = filt.gain[:, 0].to(audio.device).expand(audio.shape[0], audio.shape[1])
         return whiten(audio, filt)[:, p:], gain[:, p:]
 
@@ -295,9 +333,26 @@ class WaveNet(nn.Module):
 
         if not self.cfg.whitening_order:
             return decode
-        colour = Colouring(lambda first, n: self.whitening(mel, first, n), batch,
-                           self.cfg.whitening_order, history)
+        colour = self.colouring(mel, batch, history)
         return lambda values: colour(decode(values))
+
+    def colouring(self, mel: torch.Tensor | None = None, batch: int = 1,
+                  history: np.ndarray | None = None) -> Colouring:
+        """The inverse of `excitation` for a generation (args as `audio_decoder`): excitation
+        (B, n) float -> audio, a stretch at a time."""
+        predictor = self.cfg.past_predictor()
+        if predictor is None:
+            return Colouring(lambda first, n, past: self.whitening(mel, first, n), batch,
+                             self.cfg.whitening_order, history)
+
+        def refit(first: int, n: int, past: np.ndarray) -> Filter:
+            # Generation fits the predictor to the audio it has made, as training did to the
+            # true audio: the last window before each block.
+            w = predictor.fit(torch.from_numpy(past[:, None, -predictor.window:]))
+            return Filter(w, torch.ones(1, 1, 1))
+
+        return Colouring(refit, batch, self.cfg.whitening_order, history,
+                         memory=predictor.window, block=predictor.hop)
 
     def input_table(self) -> torch.Tensor:
         """(Q, R): the input vector of each class ("mulaw"); one lookup in every path."""

@@ -17,14 +17,15 @@ from wavenet.files import write_atomic
 
 # What a user gets from the defaults, and the recipe most open-source WaveNets ship: 24 layers
 # (3 cycles of dilations 1 … 128), 64 residual / 128 gate / 256 skip channels, one-hot input,
-# no pre-emphasis, Adam at a constant 1e-3, batch 4, crops of 4,000 samples, no EMA, no
-# clipping, no weight decay, no augmentation.
+# no pre-emphasis or linear prediction, Adam at a constant 1e-3, batch 4, crops of 4,000
+# samples, no EMA, no clipping, no weight decay, no augmentation.
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "straightforward": [
         "model.layers_per_cycle=8", "model.cycles=3", "model.kernel_size=2",
         "model.residual_channels=64", "model.gate_channels=128", "model.skip_channels=256",
-        "model.input=onehot", "model.pre_emphasis=0", "train.batch_size=4",
+        "model.input=onehot", "model.pre_emphasis=0", "model.adaptive_lpc_order=0",
+        "train.batch_size=4",
         "data.crop_samples=4000", "train.lr=0.001",
         "train.final_lr=null", "train.warmup_steps=0", "train.ema_decay=null",
         "train.grad_clip=null", "train.precision=fp32", "train.weight_decay=0",

@@ -90,21 +90,34 @@ def lpc_from_log_mel(mel: torch.Tensor, cfg: MelConfig, order: int,
     return a.float(), (error / window.square().sum()).sqrt().float()
 
 
+LOOP_BELOW = 16  # columns: fewer are solved one at a time by SciPy's compiled recursion
+
+
 def levinson(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Levinson-Durbin recursion: autocorrelations (B, p+1, F) -> a_1 … a_p (B, p, F) of the
     minimum-phase predictor A(z) = 1 + Σ a_k z^-k, and the prediction error power (B, F), for
-    every (B, F) at once."""
-    order = r.shape[1] - 1
-    a = r.new_zeros(r.shape[0], order, r.shape[2])
-    error = r[:, 0]
-    for i in range(order):
-        acc = r[:, i + 1] + (a[:, :i] * r[:, 1:i + 1].flip(1)).sum(1)
-        k = -acc / error
-        a_prev = a[:, :i].clone()
-        a[:, :i] = a_prev + k[:, None] * a_prev.flip(1)
-        a[:, i] = k
-        error = error * (1 - k * k)
-    return a, error
+    every (B, F), in float64. Generation fits one block at a time, where the per-operation
+    cost of a vectorized recursion dominates: fewer than LOOP_BELOW columns go one by one
+    through `scipy.linalg.solve_toeplitz` (the same recursion, compiled), more all at once."""
+    import scipy.linalg
+
+    x = r.detach().cpu().double().numpy()
+    order = x.shape[1] - 1
+    if order and x.shape[0] * x.shape[2] < LOOP_BELOW:
+        a = np.array([[scipy.linalg.solve_toeplitz(x[b, :-1, f], -x[b, 1:, f])
+                       for f in range(x.shape[2])] for b in range(x.shape[0])]).transpose(0, 2, 1)
+        error = x[:, 0] + np.einsum("bkf,bkf->bf", a, x[:, 1:])
+    else:
+        a = np.zeros((x.shape[0], order, x.shape[2]))
+        error = x[:, 0].copy()
+        for i in range(order):
+            k = -(x[:, i + 1] + np.einsum("bjf,bjf->bf", a[:, :i], x[:, i:0:-1])) / error
+            if i:
+                a[:, :i] += k[:, None] * a[:, i - 1::-1].copy()
+            a[:, i] = k
+            error *= 1 - k * k
+    return (torch.from_numpy(a).to(r.device, r.dtype),
+            torch.from_numpy(error).to(r.device, r.dtype))
 
 
 def whitening_filter(pre_emphasis: float, lpc_order: int, excitation_rms: float,
@@ -128,13 +141,71 @@ def whitening_filter(pre_emphasis: float, lpc_order: int, excitation_rms: float,
     lo, hi = frames_for(first, first + length - 1, hop, 0)
     frames = frame_window(mel, lo, hi, mel_cfg.log_floor)
     a, rms = lpc_from_log_mel(frames, mel_cfg, lpc_order, pre_emphasis)  # (B, p, frames)
-    if pre_emphasis:  # W(z) = A(z)·(1 − β z^-1)
-        a = F.pad(a, (0, 0, 0, 1)) - pre_emphasis * F.pad(a, (0, 0, 1, 0))
-        a[:, 0] -= pre_emphasis
+    a = emphasized(a, pre_emphasis)
     gain = (rms / excitation_rms if excitation_rms else torch.ones_like(rms))[:, None]
     start = first - lo * hop
     return Filter(*(x.repeat_interleave(hop, dim=2)[:, :, start:start + length]
                     for x in (a, gain)))
+
+
+def emphasized(a: torch.Tensor, pre_emphasis: float) -> torch.Tensor:
+    """a_1 … a_p (B, p, N) of A(z) -> w_1 … w_q (B, q, N) of W(z) = A(z)·(1 − β z^-1)
+    (q = p + 1; a itself when β = 0)."""
+    if not pre_emphasis:
+        return a
+    w = F.pad(a, (0, 0, 0, 1)) - pre_emphasis * F.pad(a, (0, 0, 1, 0))
+    w[:, 0] -= pre_emphasis
+    return w
+
+
+class PastPredictor(NamedTuple):
+    """A backward-adaptive linear predictor, as ITU-T G.728 uses: every `hop` samples it is
+    fitted again to the last `window` samples of the audio itself (pre-emphasized, Hann
+    windowed, autocorrelation method), so that it needs no conditioning and generation can
+    fit the same predictor to the audio it has made. Pitched sounds leave most of their
+    energy to it: the model's job becomes what the recent past does not predict.
+
+    Its poles are pulled in to radius γ (a_k·γ^k, bandwidth expansion): a predictor fitted to
+    a few clean partials has poles on the unit circle, and a drawn excitation would ring at
+    their frequencies for ever.
+    """
+
+    order: int
+    window: int
+    hop: int
+    gamma: float
+    pre_emphasis: float
+
+    def fit(self, past: torch.Tensor) -> torch.Tensor:
+        """Windows (B, N, window) of past audio, oldest first -> w_1 … w_q (B, q, N) of
+        W(z) = A(z)·(1 − β z^-1) fitted to each (all zeros for silence but β's tap)."""
+        x = past.double()
+        u = torch.cat([x[..., :1], x[..., 1:] - self.pre_emphasis * x[..., :-1]], dim=-1)
+        u = u * torch.hann_window(self.window, periodic=False, dtype=torch.float64,
+                                  device=x.device)
+        spectrum = torch.fft.rfft(u, n=2 * self.window)
+        r = torch.fft.irfft(spectrum.abs().square(), n=2 * self.window)[..., :self.order + 1]
+        r = r.transpose(1, 2).contiguous()  # (B, order+1, N)
+        r[:, 0] = r[:, 0] * (1 + NOISE_FLOOR) + 1e-12
+        a, _ = levinson(r)
+        powers = self.gamma ** torch.arange(1, self.order + 1, dtype=torch.float64,
+                                            device=x.device)
+        return emphasized(a * powers[:, None], self.pre_emphasis).float()
+
+    def whitening(self, audio: torch.Tensor, history: int) -> Filter:
+        """W(z) of each sample of a stretch: audio (B, history + T) holds `history` samples
+        before it (silence before those), and the predictor is fitted at samples 0, hop,
+        2·hop, … of the stretch. Returns w (B, q, history + T): the history's own rows
+        are zeros (its excitation is not needed)."""
+        length = audio.shape[1] - history
+        blocks = -(-length // self.hop)
+        missing = max(0, self.window - history)
+        padded = F.pad(audio, (missing, 0))
+        first = missing + history - self.window  # where block 0's window begins
+        windows = padded[:, first:first + (blocks - 1) * self.hop + self.window]
+        w = self.fit(windows.unfold(1, self.window, self.hop))  # (B, q, blocks)
+        w = w.repeat_interleave(self.hop, dim=2)[:, :, :length]
+        return Filter(F.pad(w, (history, 0)), torch.ones(1, 1, 1))
 
 
 def whiten(audio: torch.Tensor, filt: Filter) -> torch.Tensor:
@@ -157,30 +228,51 @@ def whiten(audio: torch.Tensor, filt: Filter) -> torch.Tensor:
 class Colouring:
     """The inverse of `whiten`, a stretch at a time: s_t = gain_t·e_t − Σ_k w_k(t)·s_{t−k}.
 
-    It holds the last q samples of each stream and the position in the utterance, so that
+    It holds the last samples of each stream and the position in the utterance, so that
     generated excitation can be turned into audio as it arrives (streaming, progress).
 
     Args:
-        coefficients: f(first, length) -> `Filter`, the whitening filter of those samples
-            (`WaveNet.whitening` bound to the utterance).
+        coefficients: f(first, length, past) -> `Filter`, the whitening filter of those
+            samples, given the audio before them (B, memory) float64, oldest first
+            (`WaveNet.audio_decoder` binds it to the utterance or to the predictor).
+        order: taps of the filter (q).
         history: (B, P) audio before the first sample (e.g. a prime), or None for silence.
+        memory: samples of past audio `coefficients` reads (at least `order`).
+        block: a backward-adaptive filter's hop: `coefficients` is then called once per
+            block (samples block·j … block·(j+1) − 1), with the audio made before it, and
+            returns one filter (w (B, q, 1)) for the whole block.
     """
 
-    def __init__(self, coefficients, batch: int, order: int, history: np.ndarray | None = None):
-        self.coefficients, self.t = coefficients, 0
-        self.past = np.zeros((batch, order))  # s_{t-1}, s_{t-2}, …: newest first
-        if history is not None and order:
-            tail = np.asarray(history, dtype=np.float64)[:, ::-1][:, :order]
-            self.past[:, :tail.shape[1]] = tail
+    def __init__(self, coefficients, batch: int, order: int, history: np.ndarray | None = None,
+                 memory: int = 0, block: int | None = None):
+        self.coefficients, self.t, self.block = coefficients, 0, block
+        self.filter: Filter | None = None  # the current block's
+        self.past = np.zeros((batch, max(order, memory)))  # oldest first
+        if history is not None and self.past.shape[1]:
+            tail = np.asarray(history, dtype=np.float64)[:, -self.past.shape[1]:]
+            self.past[:, self.past.shape[1] - tail.shape[1]:] = tail
 
     def __call__(self, excitation: np.ndarray) -> np.ndarray:
         """(B, n) excitation -> (B, n) float32 audio, clipped to [−1, 1]."""
-        from scipy.signal import lfilter, lfiltic
-
         e = np.asarray(excitation, dtype=np.float64)
+        if not self.block:
+            return self._stretch(e, self.coefficients(self.t, e.shape[1], self.past))
+        out, done = [], 0
+        while done < e.shape[1]:
+            into = self.t % self.block
+            if not into:  # a block begins: fit its filter to the audio made before it
+                self.filter = self.coefficients(self.t, self.block, self.past)
+            n = min(e.shape[1] - done, self.block - into)
+            out.append(self._stretch(e[:, done:done + n], self.filter))
+            done += n
+        return np.concatenate(out, axis=1) if out else np.zeros_like(e, dtype=np.float32)
+
+    def _stretch(self, e: np.ndarray, filt: Filter) -> np.ndarray:
+        """Colour e (B, n) with filt (its w and gain constant, or one per sample of e)."""
+        from scipy.signal import lfilter
+
         n = e.shape[1]
         out = np.empty_like(e)
-        filt = self.coefficients(self.t, n)
         w = filt.w.double().cpu().numpy()  # (B|1, q, n|1)
         e = e * filt.gain[:, 0].double().cpu().numpy()
         # Runs of samples that share one filter (a whole frame, or everything) are filtered
@@ -190,8 +282,16 @@ class Colouring:
         for lo, hi in zip(changes, [*changes[1:], n], strict=True):
             for b in range(e.shape[0]):
                 a = np.concatenate([[1.0], w[min(b, w.shape[0] - 1), :, lo]])
-                zi = lfiltic([1.0], a, self.past[b])
+                zi = initial_state(a, self.past[b, ::-1][:len(a) - 1])
                 out[b, lo:hi], _ = lfilter([1.0], a, e[b, lo:hi], zi=zi)
-                self.past[b] = np.concatenate([out[b, lo:hi][::-1], self.past[b]])[:len(a) - 1]
+                self.past[b] = np.concatenate([self.past[b], out[b, lo:hi]])[-len(self.past[b]):]
         self.t += n
         return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def initial_state(a: np.ndarray, past: np.ndarray) -> np.ndarray:
+    """The state (q,) of scipy's lfilter([1], a, …) (transposed direct form II) after the
+    outputs `past` (q,), newest first: z_m = −Σ_{j≥0} a_{m+1+j}·past_j, what
+    `scipy.signal.lfiltic([1], a, past)` computes, without its per-call cost."""
+    q = len(a) - 1
+    return -np.correlate(a[1:], past, "full")[q - 1:2 * q - 1]
