@@ -344,15 +344,11 @@ class WaveNet(nn.Module):
         if predictor is None:
             return Colouring(lambda first, n, past: self.whitening(mel, first, n), batch,
                              self.cfg.whitening_order, history)
-
-        def refit(first: int, n: int, past: np.ndarray) -> Filter:
-            # Generation fits the predictor to the audio it has made, as training did to the
-            # true audio: the last window before each block.
-            w = predictor.fit(torch.from_numpy(past[:, None, -predictor.window:]))
-            return Filter(w, torch.ones(1, 1, 1))
-
-        return Colouring(refit, batch, self.cfg.whitening_order, history,
-                         memory=predictor.window, block=predictor.hop)
+        # Generation fits the predictor to the audio it has made, as training did to the true
+        # audio: the last window before each block.
+        return Colouring(lambda first, n, past: predictor.block_filter(past), batch,
+                         self.cfg.whitening_order, history, memory=predictor.window,
+                         block=predictor.hop)
 
     def input_table(self) -> torch.Tensor:
         """(Q, R): the input vector of each class ("mulaw"); one lookup in every path."""

@@ -2,7 +2,8 @@
 e = W(z)·s of the audio s, and generation turns drawn excitation back into audio with 1/W(z).
 
 W(z) = 1 + Σ_k w_k z^-k is a pre-emphasis filter (1 − β z^-1, a fixed tilt), times, for
-vocoders, a linear predictor A(z) of the (pre-emphasized) spectrum each mel frame describes.
+vocoders, a linear predictor A(z) of the (pre-emphasized) spectrum each mel frame describes,
+or, for any model, one fitted to the audio's own recent past (`PastPredictor`).
 Sampling noise in e is then shaped by 1/W(z) like the audio itself: it follows the formants and
 the spectral tilt instead of filling the valleys between them with white hiss. The model's
 job becomes the excitation (pitch pulses and noise), which is far easier to learn than the
@@ -16,7 +17,8 @@ its level, pauses included.
 
 All filters are causal and start from silence: sample t of a stretch uses that stretch's
 samples before t only, and frame j's predictor covers samples j·hop … (j+1)·hop − 1 (the
-alignment `WaveNet.mel_features` uses).
+alignment `WaveNet.mel_features` uses); a past predictor's block j, samples j·hop …
+(j+1)·hop − 1 of the stretch, is fitted to the window before it.
 """
 
 from __future__ import annotations
@@ -191,6 +193,12 @@ class PastPredictor(NamedTuple):
         powers = self.gamma ** torch.arange(1, self.order + 1, dtype=torch.float64,
                                             device=x.device)
         return emphasized(a * powers[:, None], self.pre_emphasis).float()
+
+    def block_filter(self, past: np.ndarray) -> Filter:
+        """The filter of the block that follows `past` (B, ≥ window) float, audio oldest
+        first: w (B, q, 1), fitted to its last window (what `Colouring` calls per block)."""
+        return Filter(self.fit(torch.from_numpy(past[:, None, -self.window:])),
+                      torch.ones(1, 1, 1))
 
     def whitening(self, audio: torch.Tensor, history: int) -> Filter:
         """W(z) of each sample of a stretch: audio (B, history + T) holds `history` samples
