@@ -23,7 +23,7 @@ import torch
 from wavenet.audio import read_audio, resample
 from wavenet.features import MelConfig, log_mel
 from wavenet.quality import griffin_lim, score_resyntheses
-from wavenet.whitening import Colouring, lpc_from_log_mel, whiten, whitening_filter
+from wavenet.whitening import Colouring, MelPredictor, lpc_from_log_mel, whiten
 
 RATE, HOP, ORDER, EMPHASIS = 16000, 256, 16, 0.85
 F0_RANGE = (60.0, 500.0)
@@ -109,8 +109,10 @@ def main() -> None:
         audio = audio[:n]
         mel = log_mel(audio, RATE, cfg)[None]
 
-        def coefficients(first, length, past, mel=mel):
-            return whitening_filter(EMPHASIS, ORDER, 0.0, cfg, mel, first, length)
+        predictor = MelPredictor(EMPHASIS, ORDER, 0.0, cfg)
+
+        def coefficients(first, length, past, mel=mel, predictor=predictor):
+            return predictor.whitening(mel, first, length)
 
         residual = whiten(torch.from_numpy(audio)[None],
                           coefficients(0, n, None))[0].double().numpy()
@@ -122,7 +124,8 @@ def main() -> None:
         mel_f0, match = (x[:frames] for x in comb_pitch(mel[0].numpy()))
         mel_voiced = match >= VOICED_MATCH
         # the level the frames' predictor expects (its error power): no audio needed
-        mel_level = lpc_from_log_mel(mel, cfg, ORDER, EMPHASIS)[1][0, :frames].double().numpy()
+        mel_level = lpc_from_log_mel(mel, cfg, ORDER, EMPHASIS, predictor.inverse)[1]
+        mel_level = mel_level[0, :frames].double().numpy()
         agree.append(np.mean(mel_voiced == voiced))
         both = voiced & (f0 > 0)
         cents.extend(1200 * np.abs(np.log2(mel_f0[both] / f0[both])))

@@ -16,7 +16,7 @@ from wavenet.distributions import make_distribution
 from wavenet.errors import UserError
 from wavenet.features import MelConfig, frame_window, frames_for
 from wavenet.layers import ResidualBlock, residual_loop
-from wavenet.whitening import Colouring, Filter, PastPredictor, whiten, whitening_filter
+from wavenet.whitening import Colouring, Filter, MelPredictor, PastPredictor, whiten
 
 INPUTS = ("onehot", "scalar", "both")
 
@@ -250,6 +250,9 @@ class WaveNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dist = cfg.distribution()
+        # Built on first use: linear prediction needs model.mel.sample_rate, which a checkpoint
+        # may lack (`whitening` says so).
+        self._mel_predictor: MelPredictor | None = None
         r, g = cfg.residual_channels, cfg.gate_channels
         if self.dist.continuous_input or cfg.input != "onehot":
             self.input_proj = nn.Conv1d(1, r, 1)
@@ -290,8 +293,10 @@ class WaveNet(nn.Module):
         if cfg.lpc_order and cfg.mel.sample_rate is None:
             raise UserError("the checkpoint's model.mel.sample_rate is not set: linear "
                             "prediction needs it")
-        return whitening_filter(cfg.pre_emphasis, cfg.lpc_order, cfg.excitation_rms, cfg.mel,
-                                mel, first, length)
+        if self._mel_predictor is None:
+            self._mel_predictor = MelPredictor(cfg.pre_emphasis, cfg.lpc_order,
+                                               cfg.excitation_rms, cfg.mel)
+        return self._mel_predictor.whitening(mel, first, length)
 
     def encode_audio(self, audio: torch.Tensor, mel: torch.Tensor | None = None,
                      mel_offset: int = 0, before: torch.Tensor | None = None) -> torch.Tensor:

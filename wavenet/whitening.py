@@ -23,7 +23,6 @@ alignment `WaveNet.mel_features` uses); a past predictor's block j, samples j·h
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -37,15 +36,14 @@ LAG_WINDOW_HZ = 50.0  # Gaussian lag window: smooths the envelope so that it nev
 NOISE_FLOOR = 1e-4  # white noise added to the autocorrelation: well-conditioned predictors
 
 
-@functools.lru_cache(maxsize=8)
-def _inverse_filterbank(n_fft: int, n_mels: int, f_min: float, f_max: float | None,
-                        sample_rate: int) -> torch.Tensor:
-    """The pseudo-inverse (n_freqs, n_mels) of `features.log_mel`'s mel filterbank."""
+def inverse_filterbank(cfg: MelConfig) -> torch.Tensor:
+    """The pseudo-inverse (n_freqs, n_mels) float64 of `features.log_mel`'s mel filterbank."""
     import torchaudio.functional
 
     bank = torchaudio.functional.melscale_fbanks(
-        n_fft // 2 + 1, f_min, f_max if f_max is not None else sample_rate / 2, n_mels,
-        sample_rate, norm="slaney", mel_scale="slaney")  # (n_freqs, n_mels)
+        cfg.n_fft // 2 + 1, cfg.f_min,
+        cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2, cfg.n_mels,
+        cfg.sample_rate, norm="slaney", mel_scale="slaney")  # (n_freqs, n_mels)
     return torch.linalg.pinv(bank.double().t())
 
 
@@ -60,8 +58,8 @@ class Filter(NamedTuple):
     gain: torch.Tensor
 
 
-def lpc_from_log_mel(mel: torch.Tensor, cfg: MelConfig, order: int,
-                     pre_emphasis: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def lpc_from_log_mel(mel: torch.Tensor, cfg: MelConfig, order: int, pre_emphasis: float = 0.0,
+                     inverse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear-prediction coefficients of the spectrum each frame describes.
 
     The mel magnitudes are mapped back to linear frequencies (the filterbank's pseudo-inverse),
@@ -70,12 +68,15 @@ def lpc_from_log_mel(mel: torch.Tensor, cfg: MelConfig, order: int,
 
     Args:
         mel: (B, n_mels, F) natural-log mel magnitudes (`features.log_mel`).
+        inverse: `inverse_filterbank(cfg)`, for callers that fit many times (computed here
+            when None).
     Returns:
         (B, order, F) float32 a_1 … a_order of A(z) = 1 + Σ a_k z^-k, minimum phase, and
         (B, F) float32 the RMS of the (pre-emphasized) frame's prediction error: the power left
         after prediction, per sample of the analysis window.
     """
-    inverse = _inverse_filterbank(cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.sample_rate)
+    if inverse is None:
+        inverse = inverse_filterbank(cfg)
     magnitude = torch.einsum("fm,bmt->bft", inverse.to(mel.device), mel.double().exp())
     power = magnitude.clamp(min=0).square()
     if pre_emphasis:
@@ -122,32 +123,43 @@ def levinson(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(error).to(r.device, r.dtype))
 
 
-def whitening_filter(pre_emphasis: float, lpc_order: int, excitation_rms: float,
-                     mel_cfg: MelConfig | None, mel: torch.Tensor | None, first: int,
-                     length: int) -> Filter:
-    """W(z) and the gain for each of samples first … first + length − 1 of the utterance.
-
-    Args:
-        excitation_rms: κ, the level each frame's excitation is scaled to (0: not scaled;
-            needs lpc_order > 0).
-        mel: (B, n_mels, F) frames of the utterance (needed when lpc_order > 0); frames outside
-            them are silence.
-    Returns:
-        w (B, q, length) and gain (B, 1, length), or (1, ·, 1) when the filter is the same for
-        every sample.
+class MelPredictor:
+    """The whitening filter a vocoder's mel frames describe: pre-emphasis (1 − β z^-1), times,
+    with `order` > 0, the linear predictor of each frame's spectrum (`lpc_from_log_mel`), and
+    with `excitation_rms` κ > 0 a gain per frame that scales its excitation to RMS κ. It holds
+    the filterbank's pseudo-inverse, which generation would otherwise rebuild every block.
     """
-    emphasis = torch.tensor([[[-pre_emphasis]]])
-    if not lpc_order:
-        return Filter(emphasis, torch.ones(1, 1, 1))
-    hop = mel_cfg.hop_length
-    lo, hi = frames_for(first, first + length - 1, hop, 0)
-    frames = frame_window(mel, lo, hi, mel_cfg.log_floor)
-    a, rms = lpc_from_log_mel(frames, mel_cfg, lpc_order, pre_emphasis)  # (B, p, frames)
-    a = emphasized(a, pre_emphasis)
-    gain = (rms / excitation_rms if excitation_rms else torch.ones_like(rms))[:, None]
-    start = first - lo * hop
-    return Filter(*(x.repeat_interleave(hop, dim=2)[:, :, start:start + length]
-                    for x in (a, gain)))
+
+    def __init__(self, pre_emphasis: float, order: int, excitation_rms: float,
+                 mel_cfg: MelConfig | None):
+        self.pre_emphasis, self.order, self.excitation_rms = pre_emphasis, order, excitation_rms
+        self.mel_cfg = mel_cfg
+        self.inverse = inverse_filterbank(mel_cfg) if order else None
+
+    def whitening(self, mel: torch.Tensor | None, first: int, length: int) -> Filter:
+        """W(z) and the gain for each of samples first … first + length − 1 of the utterance.
+
+        Args:
+            mel: (B, n_mels, F) frames of the utterance (needed when order > 0); frames outside
+                them are silence.
+        Returns:
+            w (B, q, length) and gain (B, 1, length), or (1, ·, 1) when the filter is the same
+            for every sample.
+        """
+        emphasis = torch.tensor([[[-self.pre_emphasis]]])
+        if not self.order:
+            return Filter(emphasis, torch.ones(1, 1, 1))
+        hop = self.mel_cfg.hop_length
+        lo, hi = frames_for(first, first + length - 1, hop, 0)
+        frames = frame_window(mel, lo, hi, self.mel_cfg.log_floor)
+        a, rms = lpc_from_log_mel(frames, self.mel_cfg, self.order, self.pre_emphasis,
+                                  self.inverse)  # (B, p, frames)
+        a = emphasized(a, self.pre_emphasis)
+        gain = (rms / self.excitation_rms if self.excitation_rms
+                else torch.ones_like(rms))[:, None]
+        start = first - lo * hop
+        return Filter(*(x.repeat_interleave(hop, dim=2)[:, :, start:start + length]
+                        for x in (a, gain)))
 
 
 def emphasized(a: torch.Tensor, pre_emphasis: float) -> torch.Tensor:
@@ -220,7 +232,7 @@ def whiten(audio: torch.Tensor, filt: Filter) -> torch.Tensor:
     """e_t = (s_t + Σ_k w_k(t)·s_{t−k}) / gain_t, silence before the stretch.
 
     Args:
-        audio: (B, T) float; filt: from `whitening_filter`.
+        audio: (B, T) float; filt: from `MelPredictor.whitening` or `PastPredictor.whitening`.
     Returns:
         (B, T) float32.
     """
