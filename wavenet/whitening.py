@@ -2,8 +2,8 @@
 e = W(z)·s of the audio s, and generation turns drawn excitation back into audio with 1/W(z).
 
 W(z) = 1 + Σ_k w_k z^-k is a pre-emphasis filter (1 − β z^-1, a fixed tilt), times, for
-vocoders, a linear predictor A(z) of the (pre-emphasized) spectrum each mel frame describes,
-or, for any model, one fitted to the audio's own recent past (`PastPredictor`).
+vocoders, a linear predictor A(z) of the (pre-emphasized) spectrum each mel frame describes
+(`MelPredictor`), or, for any model, one fitted to the audio's own recent past (`PastPredictor`).
 Sampling noise in e is then shaped by 1/W(z) like the audio itself: it follows the formants and
 the spectral tilt instead of filling the valleys between them with white hiss. The model's
 job becomes the excitation (pitch pulses and noise), which is far easier to learn than the
